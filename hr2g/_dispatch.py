@@ -1,0 +1,117 @@
+"""Backend selection for the public ops, with a reason for every refusal.
+
+Backends: ``triton`` (hr2g.kernels, CUDA tensors or ``TRITON_INTERPRET=1``), ``ext`` (the compiled
+extension hr2g._C, CPU and CUDA; ``cuda`` is accepted as an alias) and ``torch`` (hr2g.reference,
+always available).  ``auto`` walks the op's preference list and takes the first backend that does
+not refuse.  Optional parts are imported lazily, once, on first use -- never at ``import hr2g``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("triton", "ext", "torch")
+ALIASES = {"cuda": "ext"}
+
+# op -> backends that implement it, in ``auto`` preference order.
+# Triton is preferred on CUDA tensors only: under the CPU interpreter it is a test vehicle, far
+# slower than the reference, so ``auto`` on CPU skips it (see ``_triton_reason``).
+IMPLEMENTED = {
+    "otam_distance": ("triton", "torch"),
+    "sample_attention": ("triton", "torch"),
+    "bank_retrieve": ("ext", "torch"),
+    "bank_update_": ("ext", "torch"),
+}
+
+# Module that holds each op's non-reference implementation.  Each module exposes the op under
+# the same name and ``unsupported_reason(op, *args) -> str | None`` for its own limits.
+_MODULES = {
+    ("triton", "otam_distance"): "hr2g.kernels.otam",
+    ("triton", "sample_attention"): "hr2g.kernels.sample_attention",
+    ("ext", "bank_retrieve"): "hr2g._bank_ext",
+    ("ext", "bank_update_"): "hr2g._bank_ext",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when an explicitly requested backend refuses; the message says why."""
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def load_module(name: str):
+    """Import an optional module once; returns ``(module, None)`` or ``(None, reason)``."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as exc:  # report any failure (missing dep, ABI mismatch, compile error)
+        return None, f"{name} failed to import: {type(exc).__name__}: {exc}"
+
+
+def _tensors(args) -> list[torch.Tensor]:
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def _device_reason(backend: str, args, auto: bool) -> str | None:
+    ts = _tensors(args)
+    devices = {t.device.type for t in ts}
+    if len({t.device for t in ts}) > 1:
+        return f"tensors are on different devices: {sorted(str(t.device) for t in ts)}"
+    if backend == "triton" and "cuda" not in devices:
+        if not triton_interpreting():
+            return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (Triton needs CUDA tensors)"
+        if auto:
+            return "CPU tensors: the Triton interpreter is a test vehicle, slower than the reference; request backend='triton' explicitly"
+    return None
+
+
+def refusal(op: str, backend: str, args, auto: bool = False) -> str | None:
+    """Why ``backend`` cannot run ``op`` on these arguments, or ``None`` if it can."""
+    backend = ALIASES.get(backend, backend)
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; expected one of {('auto',) + BACKENDS + tuple(ALIASES)}"
+    if backend not in IMPLEMENTED[op]:
+        return f"{op} has no {backend} implementation (available: {IMPLEMENTED[op]})"
+    if backend == "torch":
+        return None
+    why = _device_reason(backend, args, auto)
+    if why:
+        return why
+    mod, why = load_module(_MODULES[(backend, op)])
+    if mod is None:
+        return why
+    return mod.unsupported_reason(op, *args)
+
+
+def reasons(op: str, *args) -> dict[str, str | None]:
+    """Every implemented backend's verdict for these arguments (``None`` = usable)."""
+    return {b: refusal(op, b, args, auto=True) for b in IMPLEMENTED[op]}
+
+
+def resolve(op: str, backend: str, *args) -> tuple[str, Callable]:
+    """Pick the backend for ``op`` and return ``(name, function)``."""
+    if backend == "auto":
+        for b in IMPLEMENTED[op]:
+            if refusal(op, b, args, auto=True) is None:
+                return b, _function(op, b)
+        raise AssertionError("the torch backend never refuses")
+    name = ALIASES.get(backend, backend)
+    why = refusal(op, name, args)
+    if why is not None:
+        raise BackendUnavailable(f"{op}: backend {backend!r} refused: {why}")
+    return name, _function(op, name)
+
+
+def _function(op: str, backend: str) -> Callable:
+    if backend == "torch":
+        from hr2g import reference
+
+        return getattr(reference, f"{op.rstrip('_')}_ref_" if op.endswith("_") else f"{op}_ref")
+    mod, _ = load_module(_MODULES[(backend, op)])
+    return getattr(mod, op)

@@ -1,0 +1,68 @@
+"""Argument parsing shared by the commands: preset, common overrides, ``--set section.field=value``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from hr2g.config import Config, set_field
+from hr2g.configs import PRESETS, get_preset
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, choices=PRESETS, help="named configuration (default: tiny, or the --dataset's preset)")
+    p.add_argument("--dataset", default=None, help="synthetic or a benchmark: hmdb51, ucf101, kinetics100, ssv2_small, ssv2_full")
+    p.add_argument("--data-root", default=None, help="benchmark data folder (videos or frame folders)")
+    p.add_argument("--split-dir", default=None, help="folder holding the split lists (default: per dataset, see README)")
+    p.add_argument("--shots", type=int, default=None, help="K, support videos per class")
+    p.add_argument("--ways", type=int, default=None, help="N, classes per episode")
+    p.add_argument("--backend", default=None, help="op backend: auto, triton, ext, torch (default: torch; --fused means auto)")
+    p.add_argument("--fused", action="store_true", help="use the fused kernels (Triton / C++ / CUDA) wherever they apply")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="where to run (default: cuda if available)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set model.ikt_kappa=0.5 (repeatable)")
+    p.add_argument("--config", default=None, help="JSON config file (as written to <out_dir>/config.json) to start from")
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    if base is not None:
+        cfg = base
+    elif args.config:
+        with open(args.config) as f:
+            cfg = Config.from_dict(json.load(f))
+    else:
+        preset = args.preset or (args.dataset if args.dataset in PRESETS and args.dataset != "synthetic" else "tiny")
+        cfg = get_preset(preset)
+    if args.dataset:
+        cfg.data.dataset = args.dataset
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    if args.split_dir:
+        cfg.data.split_dir = args.split_dir
+    if args.shots is not None:
+        cfg.data.k_shot = args.shots
+    if args.ways is not None:
+        cfg.data.n_way = args.ways
+    if args.fused:
+        cfg.model.backend = "auto"
+    if args.backend:
+        cfg.model.backend = args.backend
+    if args.device:
+        cfg.train.device = args.device
+    for item in args.overrides:
+        if "=" not in item:
+            raise SystemExit(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            set_field(cfg, key.strip(), value.strip())
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    try:
+        return cfg.validate()
+    except ValueError as exc:
+        raise SystemExit(f"error: invalid configuration: {exc}") from None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")

@@ -1,0 +1,227 @@
+"""Typed configuration: one dataclass per concern, validated with messages that name the value
+and the allowed range.  Named presets live in :mod:`hr2g.configs`; commands override fields with
+flags or ``--set section.field=value``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+BACKBONES = ("ViT-B-16", "ViT-B-32", "RN50", "tiny")
+ISC_MASKS = ("adaptive", "support-support", "query-support", "full", "global", "dense")
+METRICS = ("otam", "trx", "bimhm")
+ORDERS = ("isc-ikt", "ikt-isc")
+AGGREGATIONS = ("per_video", "mean_before")
+DATASETS = ("synthetic", "hmdb51", "ucf101", "kinetics100", "ssv2_small", "ssv2_full")
+BACKEND_CHOICES = ("auto", "triton", "ext", "cuda", "torch")
+DECODERS = ("auto", "dali", "pyav")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "ViT-B-16"  # open_clip visual encoder (ViT-B-16, ViT-B-32, RN50) or "tiny" (random init, CPU demo/tests)
+    pretrained: str | None = "openai"  # open_clip pretrained tag, a local checkpoint path, or None for random init
+    adapter_dim: int = 64  # bottleneck width of each adapter (after attention and after MLP in every block)
+    temporal_layers: int = 1  # temporal Transformer layers
+    temporal_heads: int = 8  # temporal Transformer heads
+    temporal_pos_embed: bool = False  # learnable positional encoding over frames (paper default: none)
+    text_token: bool = True  # append the class-name text feature to each support sequence as token T+1
+    support_aggregation: str = "per_video"  # "per_video" (prototype by mean after the metric) or "mean_before" (average a class's K supports before the temporal layer)
+    isc: bool = True  # Inter-video Semantic Correlation (Table 4 switch)
+    isc_mask: str = "adaptive"  # adaptive | support-support | query-support | full, or the Table-5 variants global | dense
+    isc_heads: int = 8  # heads of the sample-axis attention
+    ikt: bool = True  # Inter-task Knowledge Transfer (Table 4 switch)
+    ikt_prototypes: int = 3  # M, learnable prototypes
+    ikt_bank_size: int = 50  # G, knowledge-bank slots
+    ikt_kappa: float = 0.7  # fraction of the bank retrieved: O = round(kappa * G)
+    ikt_momentum: float = 0.99  # mu of the bank's momentum update
+    ikt_temperature: float = 1.0  # softmax temperature over retrieved similarities
+    ikt_heads: int = 8  # heads of the feature-to-prototype cross-attention
+    ikt_on_query: bool = False  # also refine query features with the prototypes (Algorithm S1: no)
+    order: str = "isc-ikt"  # "isc-ikt" (paper default) or "ikt-isc" (Table 10)
+    metric: str = "otam"  # otam | trx | bimhm (Table 12)
+    otam_lambda: float = 0.5  # OTAM soft-min smoothing (0.1 also used in the literature)
+    trx_cardinalities: tuple[int, ...] = (2,)  # TRX tuple sizes
+    aux_text_weight: float = 0.0  # weight w of the video-text auxiliary loss (0 disables)
+    backend: str = "torch"  # op backend: torch (reference), auto (fused where available: --fused), triton, ext
+
+    def validate(self) -> None:
+        _choice("model.backbone", self.backbone, BACKBONES)
+        _choice("model.isc_mask", self.isc_mask, ISC_MASKS)
+        _choice("model.metric", self.metric, METRICS)
+        _choice("model.order", self.order, ORDERS)
+        _choice("model.support_aggregation", self.support_aggregation, AGGREGATIONS)
+        _choice("model.backend", self.backend, BACKEND_CHOICES)
+        _range("model.adapter_dim", self.adapter_dim, 1, None)
+        _range("model.temporal_layers", self.temporal_layers, 0, None)
+        _range("model.ikt_prototypes", self.ikt_prototypes, 1, None)
+        _range("model.ikt_bank_size", self.ikt_bank_size, 1, None)
+        if not 0.0 < self.ikt_kappa <= 1.0:
+            raise ValueError(f"model.ikt_kappa={self.ikt_kappa} is outside the allowed range (0, 1]")
+        _range("model.ikt_momentum", self.ikt_momentum, 0.0, 1.0)
+        if self.ikt_temperature <= 0:
+            raise ValueError(f"model.ikt_temperature={self.ikt_temperature} must be > 0")
+        if self.otam_lambda <= 0:
+            raise ValueError(f"model.otam_lambda={self.otam_lambda} must be > 0")
+        if self.aux_text_weight < 0:
+            raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be >= 0")
+        for c in self.trx_cardinalities:
+            _range("model.trx_cardinalities[]", c, 1, 4)
+
+    @property
+    def ikt_topk(self) -> int:
+        """O = round(kappa * G), at least 1."""
+        return max(1, round(self.ikt_kappa * self.ikt_bank_size))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # synthetic (embedded, generated) or one of the five benchmarks
+    data_root: str | None = None  # benchmark root folder (videos or frame folders, as `hr2g.prepare` writes)
+    split_dir: str | None = None  # folder with the split lists (train/val/test); defaults per dataset
+    frames: int = 8  # T, frames per video (TSN segments)
+    image_size: int = 224  # square crop side fed to the encoder
+    n_way: int = 5  # N classes per episode
+    k_shot: int = 1  # K support videos per class
+    q_query: int = 1  # queries per class in training episodes
+    test_q_query: int = 1  # queries per class in evaluation episodes
+    flip: bool = True  # horizontal flip augmentation (off for direction-sensitive data: SSv2, synthetic)
+    decoder: str = "auto"  # auto | dali | pyav
+    synthetic_videos_per_class: int = 20  # clips per class of the embedded dataset
+    num_workers: int = 0  # background processes decoding episodes ahead of the model
+
+    def validate(self) -> None:
+        _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.decoder", self.decoder, DECODERS)
+        _range("data.frames", self.frames, 1, 64)
+        _range("data.image_size", self.image_size, 8, 1024)
+        _range("data.n_way", self.n_way, 2, None)
+        _range("data.k_shot", self.k_shot, 1, None)
+        _range("data.q_query", self.q_query, 1, None)
+        _range("data.test_q_query", self.test_q_query, 1, None)
+        _range("data.num_workers", self.num_workers, 0, 64)
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ValueError(f"data.data_root is required for dataset {self.dataset!r} (pass --data-root DIR)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over `episodes_per_epoch` episodes
+    episodes_per_epoch: int = 1000  # training episodes per epoch
+    lr: float = 1e-4  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    milestones: tuple[int, ...] = (6, 8)  # epochs at which the LR is multiplied by `gamma` (multi-step)
+    gamma: float = 0.1  # multi-step LR factor
+    grad_clip: float = 10.0  # max global grad norm (0 disables)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    seed: int = 0  # seeds episode sampling, augmentation and init
+    val_episodes: int = 200  # validation episodes after each epoch (0 disables)
+    test_episodes: int = 0  # after training, evaluate the final model on this many novel-class (test) episodes (0: skip)
+    out_dir: str = "runs/hr2g"  # checkpoints, CSV log, resolved config
+    log_every: int = 50  # steps between CSV log rows
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+
+    def validate(self) -> None:
+        _range("train.epochs", self.epochs, 1, None)
+        _range("train.episodes_per_epoch", self.episodes_per_epoch, 1, None)
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr} must be > 0")
+        _range("train.gamma", self.gamma, 0.0, 1.0)
+        _range("train.val_episodes", self.val_episodes, 0, None)
+        _range("train.test_episodes", self.test_episodes, 0, None)
+        _range("train.log_every", self.log_every, 1, None)
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 10000  # fixed, seeded test episodes
+    seed: int = 1  # seed of the test episode list (distinct from training's)
+    batch_episodes: int = 500  # episodes evaluated together through the batched head
+    split: str = "test"  # split to evaluate
+
+    def validate(self) -> None:
+        _range("eval.episodes", self.episodes, 1, None)
+        _range("eval.batch_episodes", self.batch_episodes, 1, None)
+        _choice("eval.split", self.split, ("train", "val", "test"))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        for part in (self.model, self.data, self.train, self.eval):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            for k, v in values.items():
+                set_field(cfg, f"{section}.{k}", v)
+        return cfg
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _range(name: str, value, lo, hi) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ValueError(f"{name}={value} is outside the allowed range [{lo_s}, {hi_s}]")
+
+
+def _coerce(tp, raw):
+    """Convert a value (string from the command line, or JSON) to the dataclass field's type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and type(None) in args):
+        return None
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, raw)
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(_coerce(args[0], x) for x in items if str(x).strip() != "")
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    return tp(raw)
+
+
+def set_field(cfg: Config, dotted: str, raw) -> None:
+    """``set_field(cfg, "model.ikt_kappa", "0.5")`` with type conversion and a clear error."""
+    if "." not in dotted:
+        raise ValueError(f"--set expects section.field=value (sections: model, data, train, eval), got {dotted!r}")
+    section, name = dotted.split(".", 1)
+    part = getattr(cfg, section, None)
+    if part is None or not dataclasses.is_dataclass(part):
+        raise ValueError(f"unknown config section {section!r}; expected one of model, data, train, eval")
+    hints = typing.get_type_hints(type(part))
+    if name not in hints:
+        raise ValueError(f"unknown config field {dotted!r}; {section} has: {', '.join(hints)}")
+    try:
+        setattr(part, name, _coerce(hints[name], raw))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{dotted}={raw!r}: cannot convert to {hints[name]}: {exc}") from None

@@ -1,0 +1,123 @@
+"""Episodic sampling: N-way K-shot episodes with Q queries per class, seeded and reproducible.
+
+Supports are laid out class-major (support ``n*K + k`` is shot k of episode class n), queries too
+(``n*Q + j``), so class-level pooling is a reshape.  Test episode lists are a pure function of
+(dataset labels, N, K, Q, seed, count): the same seed gives the same 10,000 episodes everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hr2g.data.base import VideoDataset, VideoReadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    classes: np.ndarray  # [N] dataset labels of the episode's classes (episode class n = classes[n])
+    support: np.ndarray  # [N*K] video indices, class-major
+    query: np.ndarray  # [N*Q] video indices, class-major
+
+
+@dataclass
+class Episode:
+    support: torch.Tensor  # [N*K, T, 3, H, W]
+    query: torch.Tensor  # [N*Q, T, 3, H, W]
+    support_labels: torch.Tensor  # [N*K] episode-local labels 0..N-1
+    query_labels: torch.Tensor  # [N*Q]
+    classes: torch.Tensor  # [N] dataset labels
+    class_names: list[str]  # [N]
+
+
+@dataclass
+class ReadStats:
+    """Unreadable videos seen so far: skipped, counted, reported -- never fatal."""
+
+    failed: dict[str, str] = field(default_factory=dict)  # key -> reason
+    bad: set[int] = field(default_factory=set)  # indices of the failed videos in this dataset
+
+    @property
+    def count(self) -> int:
+        return len(self.failed)
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes from a dataset's labels."""
+
+    def __init__(self, labels: np.ndarray, n_way: int, k_shot: int, q_query: int, split: str = "dataset"):
+        labels = np.asarray(labels)
+        for name, val in (("n_way", n_way), ("k_shot", k_shot), ("q_query", q_query)):
+            if int(val) < 1:
+                raise ValueError(f"{name} must be >= 1, got {val}")
+        self.n_way, self.k_shot, self.q_query = int(n_way), int(k_shot), int(q_query)
+        need = self.k_shot + self.q_query
+        classes, counts = np.unique(labels, return_counts=True)
+        self.classes = classes[counts >= need]
+        if len(self.classes) < self.n_way:
+            most = int(counts.max()) if len(counts) else 0
+            raise ValueError(
+                f"{split}: {self.n_way}-way {self.k_shot}-shot with {self.q_query} queries needs {self.n_way} classes with "
+                f">= {need} videos each, but only {len(self.classes)} of {len(classes)} classes have that many "
+                f"(largest class: {most} videos); allowed: k_shot + q_query <= {most}, n_way <= {len(self.classes)}")
+        self._by_class = {int(c): np.flatnonzero(labels == c) for c in self.classes}
+
+    def sample(self, rng: np.random.Generator) -> EpisodeSpec:
+        classes = rng.choice(self.classes, size=self.n_way, replace=False)
+        sup, qry = [], []
+        for c in classes:
+            vids = rng.choice(self._by_class[int(c)], size=self.k_shot + self.q_query, replace=False)
+            sup.append(vids[: self.k_shot])
+            qry.append(vids[self.k_shot :])
+        return EpisodeSpec(classes.astype(np.int64), np.concatenate(sup), np.concatenate(qry))
+
+    def fixed(self, count: int, seed: int) -> list[EpisodeSpec]:
+        """The seeded episode list used for evaluation (identical on every machine)."""
+        rng = np.random.default_rng(seed)
+        return [self.sample(rng) for _ in range(count)]
+
+    def replacement(self, label: int, exclude: set[int], bad: set[int], rng: np.random.Generator) -> int:
+        pool = [int(v) for v in self._by_class[int(label)] if int(v) not in exclude and int(v) not in bad]
+        if not pool:
+            raise RuntimeError(f"class {label}: no readable video left to replace an unreadable one")
+        return int(rng.choice(pool))
+
+
+def load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSpec, train: bool,
+                 rng: np.random.Generator, stats: ReadStats | None = None) -> Episode:
+    """Decode an episode's clips; an unreadable video is logged, counted in ``stats`` and replaced
+    by another video of the same class (episodes are resampled around it)."""
+    stats = stats if stats is not None else ReadStats()  # one ReadStats per dataset
+    bad = stats.bad
+    used = set(int(v) for v in np.concatenate([spec.support, spec.query]))
+
+    def read(idx: int, label: int) -> torch.Tensor:
+        while True:
+            if idx in bad:  # known unreadable: do not pay for a second failed decode
+                idx = sampler.replacement(label, used, bad, rng)
+                used.add(idx)
+                continue
+            try:
+                return dataset.clip(idx, train, rng)
+            except VideoReadError as err:
+                stats.failed[dataset.key(idx)] = err.why
+                log.warning("skipping unreadable video %s (%s); %d skipped so far", err.path, err.why, stats.count)
+                bad.add(idx)
+                idx = sampler.replacement(label, used, bad, rng)
+                used.add(idx)
+
+    k, q = len(spec.support) // len(spec.classes), len(spec.query) // len(spec.classes)
+    support = torch.stack([read(int(v), int(spec.classes[i // k])) for i, v in enumerate(spec.support)])
+    query = torch.stack([read(int(v), int(spec.classes[i // q])) for i, v in enumerate(spec.query)])
+    n = len(spec.classes)
+    return Episode(
+        support=support, query=query,
+        support_labels=torch.arange(n).repeat_interleave(k),
+        query_labels=torch.arange(n).repeat_interleave(q),
+        classes=torch.as_tensor(spec.classes),
+        class_names=[dataset.class_names[int(c)] for c in spec.classes],
+    )

@@ -1,0 +1,36 @@
+"""Training episode stream: episode ``step`` of ``epoch`` is a pure function of (seed, epoch, step),
+so a run resumed mid-epoch sees exactly the episodes it would have seen, with any number of
+decoding workers."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hr2g.data.base import VideoDataset
+from hr2g.data.episodes import Episode, EpisodeSampler, ReadStats, load_episode
+
+
+class EpisodeStream(Dataset):
+    """Map-style: item ``step`` -> (Episode, {unreadable key: reason}) for one epoch."""
+
+    def __init__(self, dataset: VideoDataset, sampler: EpisodeSampler, seed: int, epoch: int, steps: int, train: bool = True):
+        self.dataset, self.sampler, self.seed, self.epoch, self.steps, self.train = dataset, sampler, seed, epoch, steps, train
+        self.stats = ReadStats()  # per process: known-bad videos are not decoded twice
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> tuple[Episode, dict[str, str]]:
+        rng = np.random.default_rng([self.seed, self.epoch, step])
+        before = dict(self.stats.failed)
+        ep = load_episode(self.dataset, self.sampler, self.sampler.sample(rng), self.train, rng, self.stats)
+        new = {k: v for k, v in self.stats.failed.items() if k not in before}
+        return ep, new
+
+
+def episode_loader(stream: EpisodeStream, start_step: int, workers: int) -> DataLoader:
+    """Iterate the stream from ``start_step`` with ``workers`` background processes."""
+    indices = list(range(start_step, len(stream)))
+    return DataLoader(torch.utils.data.Subset(stream, indices), batch_size=None, shuffle=False, num_workers=workers,
+                      persistent_workers=False, prefetch_factor=2 if workers else None)

@@ -1,0 +1,139 @@
+"""Few-shot evaluation over a fixed, seeded episode list: the library behind ``python -m hr2g.evaluate``.
+
+Every test video's encoder features are computed once (test-time sampling is deterministic:
+centre frame per segment, centre crop), then episodes run through the head in large batches.
+The knowledge bank is frozen: evaluation asserts it is bit-identical afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hr2g.config import Config
+from hr2g.data.base import VideoDataset, VideoReadError
+from hr2g.data.episodes import EpisodeSampler, EpisodeSpec
+from hr2g.model.model import HR2G
+
+log = logging.getLogger("hr2g.evaluate")
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # mean episode accuracy in [0, 1]
+    ci95: float  # half-width of the 95% confidence interval: 1.96 * std / sqrt(episodes)
+    episodes: int
+    per_episode: np.ndarray = field(repr=False)  # [episodes] accuracy of each episode
+    skipped_videos: dict[str, str] = field(default_factory=dict)  # unreadable videos: key -> reason
+
+
+def confidence95(acc: np.ndarray) -> float:
+    return float(1.96 * acc.std() / math.sqrt(len(acc))) if len(acc) > 1 else 0.0
+
+
+@torch.no_grad()
+def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], device: torch.device, amp: bool,
+                   batch_videos: int = 32, progress: bool = False) -> tuple[dict[int, int], torch.Tensor, dict[str, str]]:
+    """Encoder features of ``indices`` (test-time sampling): (index -> row, feats [V, T, C], failures)."""
+    rng = np.random.default_rng(0)  # unused by test-time sampling; required by the signature
+    rows: dict[int, int] = {}
+    chunks, failed = [], {}
+    pending, pending_idx = [], []
+
+    def flush():
+        if not pending:
+            return
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            chunks.append(model.encode_videos(torch.stack(pending).to(device)).float())
+        for i in pending_idx:
+            rows[i] = len(rows)
+        pending.clear()
+        pending_idx.clear()
+
+    for i in tqdm(indices, desc="encoding videos", disable=not progress, dynamic_ncols=True):
+        try:
+            pending.append(dataset.clip(i, False, rng))
+            pending_idx.append(i)
+        except VideoReadError as err:
+            failed[dataset.key(i)] = err.why
+            log.warning("skipping unreadable video %s (%s)", err.path, err.why)
+        if len(pending) == batch_videos:
+            flush()
+    flush()
+    feats = torch.cat(chunks) if chunks else torch.zeros(0)
+    return rows, feats, failed
+
+
+def _repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec:
+    """Replace unreadable videos (``bad``) of an episode with other videos of the same class."""
+    used = set(spec.support.tolist() + spec.query.tolist())
+    if not used & bad:
+        return spec
+
+    def fix(arr: np.ndarray) -> np.ndarray:
+        arr, per = arr.copy(), len(arr) // len(spec.classes)
+        for j, v in enumerate(arr):
+            if int(v) in bad:
+                arr[j] = sampler.replacement(int(spec.classes[j // per]), used, bad, rng)
+                used.add(int(arr[j]))
+        return arr
+
+    return EpisodeSpec(spec.classes, fix(spec.support), fix(spec.query))
+
+
+@torch.no_grad()
+def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: int, seed: int, k_shot: int,
+                   n_way: int | None = None, q_query: int | None = None, batch_episodes: int | None = None,
+                   progress: bool = True) -> EvalResult:
+    """Mean accuracy and 95% CI of ``model`` over ``episodes`` seeded N-way K-shot episodes."""
+    n_way = n_way or cfg.data.n_way
+    q_query = q_query or cfg.data.test_q_query
+    batch_episodes = batch_episodes or cfg.eval.batch_episodes
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    amp = cfg.train.amp and device.type == "cuda"
+    bank_before = model.ikt.bank.clone() if model.ikt is not None else None
+    sampler = EpisodeSampler(dataset.labels, n_way, k_shot, q_query, split="evaluation")
+    specs = sampler.fixed(episodes, seed)
+    needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
+    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
+    if failed:  # encode the rest too: repaired episodes draw replacements from the whole split
+        extra = sorted(set(range(len(dataset))) - set(needed))
+        rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
+        rows.update({i: r + len(feats) for i, r in rows2.items()})
+        feats = torch.cat([feats, feats2])
+        failed.update(failed2)
+        bad = set(range(len(dataset))) - set(rows)
+        rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
+        specs = [_repair(s, bad, sampler, rng) for s in specs]
+    names = dataset.class_names
+    text_all = model.text_features(names)  # [classes, C]
+    accs = []
+    bar = tqdm(range(0, episodes, batch_episodes), desc=f"{n_way}-way {k_shot}-shot episodes", disable=not progress,
+               dynamic_ncols=True)
+    for start in bar:
+        batch = specs[start : start + batch_episodes]
+        sup = torch.as_tensor(np.stack([[rows[int(i)] for i in s.support] for s in batch]), device=device)
+        qry = torch.as_tensor(np.stack([[rows[int(i)] for i in s.query] for s in batch]), device=device)
+        cls = torch.as_tensor(np.stack([s.classes for s in batch]), device=device)  # [E, N]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model.head(feats[sup], feats[qry], text_all[cls], k_shot)  # logits [E, L, N]
+        labels = torch.arange(n_way, device=device).repeat_interleave(q_query)
+        accs.append((out.logits.argmax(-1) == labels).float().mean(-1).cpu())
+    acc = torch.cat(accs).numpy()
+    if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):
+        raise AssertionError("evaluation changed the knowledge bank; it must be frozen at test time")
+    model.train(was_training)
+    return EvalResult(float(acc.mean()), confidence95(acc), len(acc), acc, failed)
+
+
+def load_model(checkpoint: dict, device: torch.device) -> tuple[HR2G, Config]:
+    cfg = Config.from_dict(checkpoint["config"])
+    model = HR2G(cfg.model, cfg.data.frames)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), cfg

@@ -1,0 +1,43 @@
+"""``python -m hr2g.train``: episodic training.
+
+    python -m hr2g.train --fused                       # tiny model on the embedded synthetic dataset
+    python -m hr2g.train --dataset hmdb51 --data-root DATA/hmdb51 --shots 1 --fused
+"""
+from __future__ import annotations
+
+import argparse
+
+from hr2g.cli import add_config_args, config_from_args, setup_logging
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hr2g.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--episodes-per-epoch", type=int, default=None, help="override train.episodes_per_epoch")
+    p.add_argument("--out", default=None, help="output folder for checkpoints and logs (train.out_dir)")
+    p.add_argument("--resume", default=None, metavar="CKPT|auto", help="resume from a checkpoint, or 'auto' for <out>/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    extra = []
+    if args.epochs is not None:
+        extra.append(f"train.epochs={args.epochs}")
+    if args.episodes_per_epoch is not None:
+        extra.append(f"train.episodes_per_epoch={args.episodes_per_epoch}")
+    if args.out:
+        extra.append(f"train.out_dir={args.out}")
+    args.overrides = extra + args.overrides
+    cfg = config_from_args(args)
+    from hr2g.training import train  # heavy imports after argument errors are reported
+
+    return train(cfg, resume=args.resume, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Training, checkpointing, evaluation and CLI behaviour on the tiny config (CPU, seconds)."""
+import json
+
+import pytest
+import torch
+
+from hr2g import checkpoint
+from hr2g.data.synthetic import SyntheticActions
+from hr2g.evaluation import evaluate_model, load_model
+from hr2g.training import train
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("train"))
+    summary = train(cfg, progress=False)
+    return cfg, summary
+
+
+def test_training_runs_end_to_end_and_fills_the_bank(trained):
+    cfg, summary = trained
+    ckpt = checkpoint.load(summary["last"])
+    assert ckpt["epoch"] == cfg.train.epochs and ckpt["step"] == 0
+    filled = int(ckpt["model"]["ikt.bank_filled"])
+    # 2 epochs x 3 steps x M=3 prototypes, capped at G
+    assert filled == min(cfg.model.ikt_bank_size, 2 * 3 * cfg.model.ikt_prototypes)
+    assert ckpt["model"]["ikt.bank"][:filled].abs().sum() > 0
+    rows = (open(f"{cfg.train.out_dir}/log.csv").read().strip().splitlines())
+    assert rows[0].startswith("epoch,step,loss") and len(rows) == 1 + 2 * 3 + 2
+    assert json.loads(open(f"{cfg.train.out_dir}/config.json").read())["model"]["backbone"] == "tiny"
+
+
+def test_bank_changes_during_training_once_full(tmp_path):
+    cfg = tiny_config(tmp_path, ikt_bank_size=4)  # full after 2 steps: the momentum rule takes over
+    cfg.train.epochs, cfg.train.val_episodes = 1, 0
+    cfg.train.episodes_per_epoch = 2
+    train(cfg, progress=False)
+    bank_after_2 = checkpoint.load(f"{cfg.train.out_dir}/last.pt")["model"]["ikt.bank"]
+    cfg.train.epochs = 2
+    train(cfg, resume="auto", progress=False)
+    bank_after_4 = checkpoint.load(f"{cfg.train.out_dir}/last.pt")["model"]["ikt.bank"]
+    assert not torch.equal(bank_after_2, bank_after_4), "momentum updates left the full bank unchanged"
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, trained):
+    cfg_full, summary = trained
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs = 1
+    train(cfg, progress=False)
+    cfg.train.epochs = 2
+    train(cfg, resume="auto", progress=False)
+    a = checkpoint.load(summary["last"])["model"]
+    b = checkpoint.load(f"{cfg.train.out_dir}/last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"resumed run differs in {k}"
+
+
+def test_evaluation_leaves_the_bank_bit_identical_and_checkpoints_round_trip(trained):
+    cfg, summary = trained
+    ckpt = checkpoint.load(summary["last"])
+    model, cfg2 = load_model(ckpt, torch.device("cpu"))
+    bank = model.ikt.bank.clone()
+    filled = int(model.ikt.bank_filled)
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    res = evaluate_model(model, test, cfg2, episodes=20, seed=3, k_shot=1, batch_episodes=7, progress=False)
+    assert torch.equal(bank, model.ikt.bank) and int(model.ikt.bank_filled) == filled
+    assert 0.0 <= res.accuracy <= 1.0 and res.episodes == 20
+    # a second load of the same checkpoint gives exactly the same evaluation
+    model2, _ = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    res2 = evaluate_model(model2, test, cfg2, episodes=20, seed=3, k_shot=1, batch_episodes=20, progress=False)
+    assert res2.per_episode.tolist() == res.per_episode.tolist()
+
+
+def test_batched_evaluation_equals_one_episode_at_a_time(trained):
+    cfg, summary = trained
+    model, cfg2 = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    batched = evaluate_model(model, test, cfg2, episodes=12, seed=5, k_shot=2, batch_episodes=12, progress=False)
+    single = evaluate_model(model, test, cfg2, episodes=12, seed=5, k_shot=2, batch_episodes=1, progress=False)
+    assert batched.per_episode.tolist() == single.per_episode.tolist()
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path):
+    path = tmp_path / "c.pt"
+    checkpoint.save_atomic({"config": {}, "model": {"x": torch.ones(2)}}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save_atomic({"config": {}, "model": Boom()}, path)
+    assert torch.equal(checkpoint.load(path)["model"]["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "temporary file left behind"
+
+
+def test_train_and_evaluate_commands(tmp_path, capsys):
+    from hr2g import evaluate as evaluate_cli
+    from hr2g import train as train_cli
+
+    out = tmp_path / "cli"
+    summary = train_cli.main(["--fused", "--no-progress", "--out", str(out), "--epochs", "1", "--episodes-per-epoch", "2",
+                              "--set", "data.frames=4", "--set", "data.synthetic_videos_per_class=6",
+                              "--set", "train.val_episodes=2", "--set", "train.test_episodes=3"])
+    assert 0 <= summary["test_accuracy"] <= 1
+    rows = evaluate_cli.main(["--checkpoint", str(out / "last.pt"), "--episodes", "5", "--shots", "1", "2", "--no-progress"])
+    assert [r["k_shot"] for r in rows] == [1, 2] and all(r["episodes"] == 5 for r in rows)
+    assert '"k_shot": 2' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "model.ikt_kappa=1.5"], r"model.ikt_kappa=1.5 is outside the allowed range \(0, 1\]"),
+    (["--set", "model.ikt_kappa=0"], r"model.ikt_kappa=0.0 is outside the allowed range \(0, 1\]"),
+    (["--set", "model.metric=euclid"], r"model.metric='euclid' is not allowed; choose one of \['otam', 'trx', 'bimhm'\]"),
+    (["--set", "model.isc_mask=diagonal"], r"model.isc_mask='diagonal' is not allowed"),
+    (["--ways", "1"], r"data.n_way=1 is outside the allowed range \[2, inf\]"),
+    (["--set", "model.nope=1"], r"unknown config field 'model.nope'"),
+    (["--set", "data.frames=abc"], r"data.frames='abc': cannot convert"),
+])
+def test_bad_config_values_stop_with_a_message_naming_value_and_range(argv, message, capsys):
+    from hr2g import train as train_cli
+
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(argv + ["--no-progress"])
+    assert pytest.importorskip("re").search(message, str(exc.value)), str(exc.value)
+
+
+def test_k_larger_than_a_class_stops_with_the_allowed_range(tmp_path):
+    from hr2g import train as train_cli
+
+    with pytest.raises(ValueError, match=r"k_shot \+ q_query <= 6"):
+        train_cli.main(["--shots", "6", "--no-progress", "--out", str(tmp_path), "--set", "data.synthetic_videos_per_class=6"])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    from hr2g import evaluate as evaluate_cli
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        evaluate_cli.main(["--checkpoint", str(tmp_path / "nope.pt")])
