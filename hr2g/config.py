@@ -109,7 +109,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # passes over `episodes_per_epoch` episodes
-    episodes_per_epoch: int = 1000  # training episodes per epoch
+    episodes_per_epoch: int = 1000  # optimizer steps per epoch
+    episodes_per_step: int = 1  # episodes whose mean loss makes one step, over all ranks (divisible by the world size)
     lr: float = 1e-4  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
     milestones: tuple[int, ...] = (6, 8)  # epochs at which the LR is multiplied by `gamma` (multi-step)
@@ -126,6 +127,7 @@ class TrainConfig:
     def validate(self) -> None:
         _range("train.epochs", self.epochs, 1, None)
         _range("train.episodes_per_epoch", self.episodes_per_epoch, 1, None)
+        _range("train.episodes_per_step", self.episodes_per_step, 1, None)
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         _range("train.gamma", self.gamma, 0.0, 1.0)

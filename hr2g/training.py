@@ -7,7 +7,9 @@ config; a resumed run continues with exactly the episodes it would have seen.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -26,6 +28,7 @@ from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
 from hr2g.data.loader import EpisodeStream, episode_loader
+from hr2g.distributed import DistInfo, barrier, gather_in_rank_order, init_from_env, shutdown
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.train")
@@ -71,29 +74,40 @@ class StepResult:
     acc: float
 
 
-def train_step(model: HR2G, ep: Episode, k_shot: int, optimizer: torch.optim.Optimizer, cfg: Config,
-               base_class_names: list[str], device: torch.device) -> StepResult:
-    """One episode: forward, loss, backward, clip, step, then bank update (after the forward)."""
+def train_step(model: torch.nn.Module, raw: HR2G, episodes: list[Episode], k_shot: int, optimizer: torch.optim.Optimizer,
+               cfg: Config, base_class_names: list[str], device: torch.device, dist_info: DistInfo = DistInfo()) -> StepResult:
+    """One optimizer step over this rank's ``episodes`` (mean loss), then the bank update.
+
+    ``model`` is ``raw`` or its DDP wrapper.  Each episode is backpropagated on its own (gradient
+    accumulation, so memory is one episode's); DDP synchronises on the last one only.  The bank
+    update uses the prototypes of every episode of every rank, in (rank, episode) order.
+    """
     amp = cfg.train.amp and device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        feats = model.encode_videos(torch.cat([ep.support, ep.query]))  # [NK+L, T, C]
-        ns = ep.support.shape[0]
-        text = model.text_features(ep.class_names)[None]  # [1, N, C]
-        out = model.head(feats[None, :ns], feats[None, ns:], text, k_shot)
-        loss = F.cross_entropy(out.logits[0], ep.query_labels)
-        if cfg.model.aux_text_weight > 0:
-            labels = torch.cat([ep.classes[ep.support_labels], ep.classes[ep.query_labels]])  # dataset labels
-            loss = loss + cfg.model.aux_text_weight * model.aux_text_loss(feats, labels, base_class_names)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss.item()} at this step; lower train.lr or disable amp")
+    scale = 1.0 / len(episodes)  # DDP additionally averages over ranks
+    losses, accs, protos = [], [], []
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    for i, ep in enumerate(episodes):
+        sync = i == len(episodes) - 1 or not dist_info.enabled
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(ep.support, ep.query, ep.class_names, k_shot)
+                loss = F.cross_entropy(out.logits[0], ep.query_labels)
+                if cfg.model.aux_text_weight > 0:
+                    labels = torch.cat([ep.classes[ep.support_labels], ep.classes[ep.query_labels]])  # dataset labels
+                    loss = loss + cfg.model.aux_text_weight * raw.aux_text_loss(out.video_feats, labels, base_class_names)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or disable train.amp")
+            (loss * scale).backward()
+        losses.append(loss.item())
+        accs.append((out.logits[0].argmax(-1) == ep.query_labels).float().mean().item())
+        if out.prototypes is not None:
+            protos.append(out.prototypes.detach().float())
     if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(raw.trainable_parameters(), cfg.train.grad_clip)
     optimizer.step()
-    model.update_bank(out.prototypes)
-    acc = (out.logits[0].argmax(-1) == ep.query_labels).float().mean().item()
-    return StepResult(loss.item(), acc)
+    if protos:  # after the step, outside autograd: every rank applies the same ordered update
+        raw.update_bank(gather_in_rank_order(torch.cat(protos), dist_info))
+    return StepResult(float(np.mean(losses)), float(np.mean(accs)))
 
 
 def build_optim(model: HR2G, cfg: Config):
@@ -115,14 +129,34 @@ def save_checkpoint(path: Path, model: HR2G, opt, sched, cfg: Config, epoch: int
                  "read_failures": read_failures, "rng": _rng_state(), "version": 1}, path)
 
 
+def bank_digest(model: HR2G) -> str:
+    """SHA-256 of the knowledge bank and its fill count: equal on every DDP rank, or something is wrong."""
+    if model.ikt is None:
+        return ""
+    h = hashlib.sha256(model.ikt.bank.detach().cpu().numpy().tobytes())
+    h.update(str(int(model.ikt.bank_filled)).encode())
+    return h.hexdigest()
+
+
+def _log_row(writer, epoch, step, loss, acc, lr, model: HR2G, failures, t0, val="") -> None:
+    writer.writerow([epoch, step, f"{loss:.5f}", f"{acc:.4f}", f"{lr:.3g}",
+                     int(model.ikt.bank_filled) if model.ikt is not None else 0, len(failures), f"{time.time() - t0:.1f}", val])
+
+
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict:
-    """Train per ``cfg``; returns a summary dict (final val accuracy, paths, counts)."""
+    """Train per ``cfg`` (under ``torchrun``: one rank of a DDP job); returns a summary dict."""
     from hr2g.evaluation import evaluate_model  # local: evaluation imports training helpers
 
     cfg.validate()
     device = resolve_device(cfg.train.device)
+    dist_info = init_from_env(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    if cfg.train.episodes_per_step % dist_info.world:
+        raise ValueError(f"train.episodes_per_step={cfg.train.episodes_per_step} must be divisible by the world size {dist_info.world}")
+    per_rank = cfg.train.episodes_per_step // dist_info.world
+    main = dist_info.main
     out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = None
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
@@ -132,15 +166,17 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
             ckpt = load(path)
             cfg = Config.from_dict(ckpt["config"]) if resume != "auto" else cfg
             log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
-    (out / "config.json").write_text(cfg.dumps())
-    log.info("resolved config:\n%s", cfg.dumps())
-    log.info("device: %s", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-    for line in backend_report(cfg.model.backend, device):
-        log.info("backend: %s", line)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.dumps())
+        log.info("resolved config:\n%s", cfg.dumps())
+        log.info("device: %s, world size %d", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dist_info.world)
+        for line in backend_report(cfg.model.backend, device):
+            log.info("backend: %s", line)
 
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.data, "val") if cfg.train.val_episodes > 0 else None
+    val_set = build_dataset(cfg.data, "val") if cfg.train.val_episodes > 0 and main else None
     sampler = EpisodeSampler(train_set.labels, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
     model = HR2G(cfg.model, cfg.data.frames).to(device)
     # text features of every class up front, in one batch: the cached values then do not depend
@@ -157,41 +193,54 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         failures = dict(ckpt.get("read_failures", {}))
-    n_train = sum(p.numel() for p in model.trainable_parameters())
-    log.info("parameters: %.2fM trainable / %.2fM total", n_train / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
+    ddp = model
+    if dist_info.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if main:
+        n_train = sum(p.numel() for p in model.trainable_parameters())
+        log.info("parameters: %.2fM trainable / %.2fM total", n_train / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
 
-    log_path = out / "log.csv"
-    new_log = not log_path.exists() or ckpt is None
-    log_file = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc"])
+    log_file = writer = None
+    if main:
+        log_path = out / "log.csv"
+        new_log = not log_path.exists() or ckpt is None
+        log_file = open(log_path, "w" if new_log else "a", newline="")
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc"])
+
+    def checkpoint(name: str, epoch: int, step: int) -> None:
+        if main:
+            save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures)
+        barrier(dist_info)
+
     base_names = train_set.class_names
+    slots = range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
     t0 = time.time()
     val_acc = float("nan")
     steps = cfg.train.episodes_per_epoch
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
-            stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, train=True)
+            stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True)
             first = start_step if epoch == start_epoch else 0
             bar = tqdm(episode_loader(stream, first, cfg.data.num_workers), total=steps, initial=first,
-                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, dynamic_ncols=True)
+                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and main), dynamic_ncols=True)
             run_loss, run_acc = [], []
-            for step, (ep, new_failures) in enumerate(bar, start=first):
+            for step, (episodes, new_failures) in enumerate(bar, start=first):
                 failures.update(new_failures)
-                r = train_step(model, episode_to(ep, device), cfg.data.k_shot, opt, cfg, base_names, device)
+                r = train_step(ddp, model, [episode_to(ep, device) for ep in episodes], cfg.data.k_shot, opt, cfg,
+                               base_names, device, dist_info)
                 run_loss.append(r.loss)
                 run_acc.append(r.acc)
                 bar.set_postfix(loss=f"{np.mean(run_loss[-50:]):.3f}", acc=f"{np.mean(run_acc[-50:]):.3f}")
-                if (step + 1) % cfg.train.log_every == 0:
-                    writer.writerow([epoch, step + 1, f"{np.mean(run_loss[-cfg.train.log_every:]):.5f}",
-                                     f"{np.mean(run_acc[-cfg.train.log_every:]):.4f}", f"{sched.get_last_lr()[0]:.3g}",
-                                     int(model.ikt.bank_filled) if model.ikt is not None else 0, len(failures),
-                                     f"{time.time() - t0:.1f}", ""])
+                n = cfg.train.log_every
+                if main and (step + 1) % n == 0:
+                    _log_row(writer, epoch, step + 1, np.mean(run_loss[-n:]), np.mean(run_acc[-n:]), sched.get_last_lr()[0],
+                             model, failures, t0)
                     log_file.flush()
                 if (step + 1) % 500 == 0 and step + 1 < steps:  # mid-epoch safety net
-                    save_checkpoint(out / "last.pt", model, opt, sched, cfg, epoch, step + 1, best, failures)
+                    checkpoint("last.pt", epoch, step + 1)
             sched.step()
             if val_set is not None:
                 res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
@@ -202,24 +251,29 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
                 if res.accuracy > best:
                     best = res.accuracy
                     save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures)
-            writer.writerow([epoch + 1, steps, f"{np.mean(run_loss):.5f}", f"{np.mean(run_acc):.4f}",
-                             f"{sched.get_last_lr()[0]:.3g}", int(model.ikt.bank_filled) if model.ikt is not None else 0,
-                             len(failures), f"{time.time() - t0:.1f}", "" if math.isnan(val_acc) else f"{val_acc:.4f}"])
-            log_file.flush()
-            save_checkpoint(out / "last.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures)
+            if main:
+                _log_row(writer, epoch + 1, steps, np.mean(run_loss), np.mean(run_acc), sched.get_last_lr()[0], model,
+                         failures, t0, "" if math.isnan(val_acc) else f"{val_acc:.4f}")
+                log_file.flush()
+            checkpoint("last.pt", epoch + 1, 0)
     finally:
-        log_file.close()
-    if failures:
+        if log_file is not None:
+            log_file.close()
+    summary = {"val_accuracy": val_acc, "best_val": best, "last": str(out / "last.pt"), "best": str(out / "best.pt"),
+               "skipped_videos": len(failures), "seconds": time.time() - t0, "world_size": dist_info.world,
+               "bank_digest": bank_digest(model)}
+    if main and failures:
         log.warning("%d unreadable videos were skipped during training: %s", len(failures), ", ".join(list(failures)[:5]))
         (out / "unreadable_videos.json").write_text(json.dumps(failures, indent=2))
-    summary = {"val_accuracy": val_acc, "best_val": best, "last": str(out / "last.pt"), "best": str(out / "best.pt"),
-               "skipped_videos": len(failures), "seconds": time.time() - t0}
-    if cfg.train.test_episodes > 0:
+    if main and cfg.train.test_episodes > 0:
         test_set = build_dataset(cfg.data, "test")
         res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
                              k_shot=cfg.data.k_shot, progress=False)
         log.info("novel classes (test split): %d-way %d-shot accuracy %.2f ± %.2f %% over %d episodes (chance %.1f %%)",
                  cfg.data.n_way, cfg.data.k_shot, 100 * res.accuracy, 100 * res.ci95, res.episodes, 100 / cfg.data.n_way)
         summary.update(test_accuracy=res.accuracy, test_ci95=res.ci95, test_episodes=res.episodes)
-    log.info("done in %.0f s: %s", summary["seconds"], json.dumps(summary))
+    if main:
+        log.info("done in %.0f s: %s", summary["seconds"], json.dumps(summary))
+    barrier(dist_info)
+    shutdown(dist_info)
     return summary

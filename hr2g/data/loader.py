@@ -1,6 +1,7 @@
-"""Training episode stream: episode ``step`` of ``epoch`` is a pure function of (seed, epoch, step),
-so a run resumed mid-epoch sees exactly the episodes it would have seen, with any number of
-decoding workers."""
+"""Training episode stream: the episode in slot ``slot`` of step ``step`` of ``epoch`` is a pure
+function of (seed, epoch, step, slot), so a run resumed mid-epoch sees exactly the episodes it
+would have seen, with any number of decoding workers, and ``W`` DDP ranks (rank r takes its share
+of the slots) see exactly the episodes of one process taking all slots."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,21 +13,25 @@ from hr2g.data.episodes import Episode, EpisodeSampler, ReadStats, load_episode
 
 
 class EpisodeStream(Dataset):
-    """Map-style: item ``step`` -> (Episode, {unreadable key: reason}) for one epoch."""
+    """Map-style: item ``step`` -> (episodes of ``slots``, {unreadable key: reason}) for one epoch."""
 
-    def __init__(self, dataset: VideoDataset, sampler: EpisodeSampler, seed: int, epoch: int, steps: int, train: bool = True):
-        self.dataset, self.sampler, self.seed, self.epoch, self.steps, self.train = dataset, sampler, seed, epoch, steps, train
+    def __init__(self, dataset: VideoDataset, sampler: EpisodeSampler, seed: int, epoch: int, steps: int,
+                 slots: range = range(1), train: bool = True):
+        self.dataset, self.sampler, self.seed, self.epoch, self.steps = dataset, sampler, seed, epoch, steps
+        self.slots, self.train = slots, train
         self.stats = ReadStats()  # per process: known-bad videos are not decoded twice
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, step: int) -> tuple[Episode, dict[str, str]]:
-        rng = np.random.default_rng([self.seed, self.epoch, step])
-        before = dict(self.stats.failed)
-        ep = load_episode(self.dataset, self.sampler, self.sampler.sample(rng), self.train, rng, self.stats)
+    def __getitem__(self, step: int) -> tuple[list[Episode], dict[str, str]]:
+        before = set(self.stats.failed)
+        episodes = []
+        for slot in self.slots:
+            rng = np.random.default_rng([self.seed, self.epoch, step, slot])
+            episodes.append(load_episode(self.dataset, self.sampler, self.sampler.sample(rng), self.train, rng, self.stats))
         new = {k: v for k, v in self.stats.failed.items() if k not in before}
-        return ep, new
+        return episodes, new
 
 
 def episode_loader(stream: EpisodeStream, start_step: int, workers: int) -> DataLoader:

@@ -29,6 +29,7 @@ class HeadOutput:
     prototypes: torch.Tensor | None  # P_hat [E, M, C] (None without IKT): feed to update_bank during training
     support: torch.Tensor  # refined support features [E, NS, T, C]
     query: torch.Tensor  # refined query features [E, L, T, C]
+    video_feats: torch.Tensor | None = None  # encoder features [NS+L, T, C] when the forward started from frames
 
 
 class HR2G(nn.Module):
@@ -88,7 +89,9 @@ class HR2G(nn.Module):
         feats = self.encode_videos(torch.cat([support_frames, query_frames]))  # one encoder pass
         ns = support_frames.shape[0]
         text = self.text_features(class_names)[None]  # [1, N, C]
-        return self.head(feats[None, :ns], feats[None, ns:], text, k_shot)
+        out = self.head(feats[None, :ns], feats[None, ns:], text, k_shot)
+        out.video_feats = feats
+        return out
 
     # ------------------------------------------------------------------ training helpers
     def aux_text_loss(self, video_feats: torch.Tensor, labels: torch.Tensor, base_class_names: list[str]) -> torch.Tensor:
