@@ -1,0 +1,105 @@
+"""Episode sampling, unreadable-video handling, TSN sampling and the embedded synthetic dataset."""
+import numpy as np
+import pytest
+import torch
+
+from hr2g.data.base import VideoDataset, VideoReadError, tsn_indices
+from hr2g.data.episodes import EpisodeSampler, ReadStats, load_episode
+from hr2g.data.synthetic import SPLIT_SIZES, SyntheticActions, all_classes, class_name, split_classes
+
+
+class FlakyDataset(VideoDataset):
+    """Labels 0..4 with 4 videos each; the listed indices are unreadable."""
+
+    def __init__(self, bad=()):
+        self.class_names = [f"c{i}" for i in range(5)]
+        self.labels = np.repeat(np.arange(5), 4)
+        self.bad = set(bad)
+        self.reads = []
+
+    def key(self, i):
+        return f"v{i}.mp4"
+
+    def clip(self, i, train, rng):
+        self.reads.append(i)
+        if i in self.bad:
+            raise VideoReadError(f"/data/v{i}.mp4", "moov atom not found")
+        return torch.full((2, 3, 4, 4), float(i))
+
+
+def test_episodes_are_class_major_and_reproducible():
+    s = EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=2, q_query=3)
+    a, b = s.fixed(50, seed=7), s.fixed(50, seed=7)
+    assert all((x.support == y.support).all() and (x.query == y.query).all() for x, y in zip(a, b))
+    labels = np.repeat(np.arange(10), 6)
+    for ep in a:
+        assert len(set(ep.classes.tolist())) == 5
+        assert (labels[ep.support] == np.repeat(ep.classes, 2)).all()
+        assert (labels[ep.query] == np.repeat(ep.classes, 3)).all()
+        assert not set(ep.support) & set(ep.query)
+    assert any((x.support != y.support).any() for x, y in zip(a, s.fixed(50, seed=8)))
+
+
+def test_k_too_large_names_the_allowed_range():
+    with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6, n_way <= 0"):
+        EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=4, q_query=3, split="test")
+
+
+def test_unreadable_video_is_skipped_counted_and_replaced_by_its_class():
+    ds = FlakyDataset(bad={1})
+    s = EpisodeSampler(ds.labels, n_way=5, k_shot=2, q_query=1)
+    stats = ReadStats()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        spec = s.sample(rng)
+        ep = load_episode(ds, s, spec, True, rng, stats)
+        vids = torch.cat([ep.support, ep.query])[:, 0, 0, 0, 0].long()  # frame value = video index
+        assert 1 not in vids.tolist()
+        assert (torch.as_tensor(ds.labels)[vids] == torch.cat([ep.classes[ep.support_labels], ep.classes[ep.query_labels]])).all()
+        assert len(set(vids.tolist())) == len(vids), "a replacement duplicated a video of the episode"
+    assert stats.count == 1 and stats.failed == {"v1.mp4": "moov atom not found"}
+    assert ds.reads.count(1) == 1, "a known-bad video was decoded again"
+
+
+def test_class_without_readable_videos_left_is_a_clear_error():
+    ds = FlakyDataset(bad={0, 1, 2})  # class 0 keeps one readable video: not enough for 1-shot + 1 query
+    s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1)
+    spec = next(sp for sp in s.fixed(50, 0) if 0 in sp.classes and {0, 1, 2} & set(sp.support.tolist() + sp.query.tolist()))
+    with pytest.raises(RuntimeError, match="class 0: no readable video left"):
+        for _ in range(3):
+            load_episode(ds, s, spec, True, np.random.default_rng(0), ReadStats())
+
+
+@pytest.mark.parametrize("n, t", [(1, 8), (5, 8), (8, 8), (16, 8), (301, 8), (10, 3)])
+def test_tsn_sampling(n, t):
+    centre = tsn_indices(n, t, train=False)
+    assert len(centre) == t and (np.diff(centre) >= 0).all() and centre.min() >= 0 and centre.max() < n
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = tsn_indices(n, t, train=True, rng=rng)
+        assert (np.diff(idx) >= 0).all() and idx.min() >= 0 and idx.max() < n
+        edges = np.linspace(0, n, t + 1)  # one frame overlapping each segment [edge_s, edge_s+1)
+        assert (idx >= np.floor(edges[:-1])).all() and (idx < np.ceil(edges[1:])).all()
+    with pytest.raises(ValueError, match="at least one frame"):
+        tsn_indices(0, t, train=False)
+
+
+def test_synthetic_splits_are_disjoint_and_clips_deterministic():
+    splits = {s: set(split_classes(s)) for s in SPLIT_SIZES}
+    assert sum(len(v) for v in splits.values()) == len(all_classes()) == len(set().union(*splits.values()))
+    ds = SyntheticActions("test", videos_per_class=3, frames=8, image_size=32)
+    assert len(ds) == 32 * 3 and ds.class_names[0] == class_name(split_classes("test")[0])
+    a = ds.clip(4, False, np.random.default_rng(0))
+    b = ds.clip(4, False, np.random.default_rng(99))
+    assert a.shape == (8, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, ds.clip(5, False, np.random.default_rng(0)))
+
+
+def test_synthetic_classes_differ_only_by_order_when_reversed():
+    """(a, b) and (b, a) at the same speed are distinct classes: order is the only cue."""
+    names = [class_name(c) for c in all_classes()]
+    assert "move left then move right quickly" in names and "move right then move left quickly" in names
+    ds = SyntheticActions("train", videos_per_class=2, frames=8, image_size=32)
+    raw = ds.raw(0)
+    assert raw.dtype == np.uint8 and raw.shape == (16, 3, 32, 32)
+    assert np.abs(raw[0].astype(int) - raw[-1].astype(int)).mean() > 1, "the shape did not move"
