@@ -20,7 +20,7 @@ def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5, 
     """Summed two-direction OTAM distance with the cosine frame distance fused in.
 
     query ``[..., Q, T, C]``, support ``[..., P, T', C]`` -> ``[..., Q, P]`` (leading dims, e.g.
-    episodes, must match).  Differentiable w.r.t. both inputs.
+    episodes, must match); fp32 for fp16/bf16/fp32 inputs.  Differentiable w.r.t. both inputs.
     """
     _require(query.dim() >= 3 and support.dim() >= 3, f"otam_distance: query and support must be [..., N, T, C]; got {tuple(query.shape)} and {tuple(support.shape)}")
     _require(query.dim() == support.dim() and query.shape[:-3] == support.shape[:-3], f"otam_distance: leading (episode) dims differ: query {tuple(query.shape)} vs support {tuple(support.shape)}")

@@ -61,8 +61,12 @@ def otam_cum_dist(dists: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
 def otam_distance_ref(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
     """Summed two-direction OTAM distance.
 
-    query ``[..., Q, T, C]``, support ``[..., P, T', C]`` (same leading batch dims) -> ``[..., Q, P]``.
+    query ``[..., Q, T, C]``, support ``[..., P, T', C]`` (same leading batch dims) -> ``[..., Q, P]``,
+    computed and returned in fp32 for fp16/bf16 inputs (fp64 stays fp64): distances are sums of
+    ~2T terms of up to 2, and bf16 keeps only steps of 0.125 at 16-30 -- too coarse for logits.
     """
+    if query.dtype in (torch.float16, torch.bfloat16):
+        query, support = query.float(), support.float()
     dists = otam_cosine_distance(query, support)  # [..., Q, P, T, T']
     return otam_cum_dist(dists, lam) + otam_cum_dist(dists.transpose(-1, -2), lam)
 
