@@ -90,7 +90,9 @@ def bank_cosine(protos: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Cosine similarity ``[M, C] x [G, C] -> [M, G]`` with norms floored at ``BANK_NORM_EPS``."""
     pn = protos / protos.norm(dim=-1, keepdim=True).clamp_min(BANK_NORM_EPS)
     bn = bank / bank.norm(dim=-1, keepdim=True).clamp_min(BANK_NORM_EPS)
-    return pn @ bn.transpose(0, 1)
+    # an explicit product-sum, not a matmul: BLAS sums some slots in a different order (blocking),
+    # so two identical slots could get similarities one ulp apart and break "ties -> lower slot"
+    return (pn[:, None, :] * bn[None, :, :]).sum(-1)
 
 
 def bank_retrieve_ref(protos: torch.Tensor, bank: torch.Tensor, filled: int, topk: int, temperature: float = 1.0) -> torch.Tensor:
