@@ -76,13 +76,14 @@ def sample_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_su
     """``softmax(q k^T / sqrt(d)) v`` along the sample axis, keys/values restricted to the first
     ``n_support`` samples when given.  ``[B, H, S, d]`` each -> ``[B, H, S, d]``.
 
-    Computed in fp32 and cast back, like the kernels (fp32 accumulation).
+    Computed in fp32 (fp64 for fp64 inputs) and cast back, like the kernels (fp32 accumulation).
     """
     if n_support is not None:
         k, v = k[..., :n_support, :], v[..., :n_support, :]
+    acc = torch.promote_types(q.dtype, torch.float32)
     scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, H, S, Sk]
-    return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # [B, H, S, Sk]
+    return torch.matmul(scores.softmax(dim=-1), v.to(acc)).to(q.dtype)
 
 
 # --------------------------------------------------------------------------- knowledge bank

@@ -28,11 +28,6 @@ def cuda_device():
     return torch.device("cuda")
 
 
-def kernel_devices():
-    """Devices on which a kernel test should run: the GPU when present, else the CPU interpreter."""
-    return [torch.device("cuda")] if ON_GPU else [torch.device("cpu")]
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

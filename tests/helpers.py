@@ -1,6 +1,8 @@
 """Small builders shared by the model/training tests (not fixtures: plain functions)."""
 from __future__ import annotations
 
+import torch
+
 from hr2g.config import Config
 from hr2g.configs import get_preset
 
@@ -24,3 +26,17 @@ def tiny_config(tmp_path=None, **model_overrides) -> Config:
     for k, v in model_overrides.items():
         setattr(cfg.model, k, v)
     return cfg.validate()
+
+
+def assert_within_ref_error(name: str, got: torch.Tensor, refs_lp, ref64: torch.Tensor, atol: float) -> None:
+    """STYLE.md's bound: the kernel's worst error against an fp64 reference may be twice the worst
+    error of the same-precision reference(s) ``refs_lp`` (a tensor or a list), plus a small atol."""
+    refs_lp = refs_lp if isinstance(refs_lp, (list, tuple)) else [refs_lp]
+    err = (got.double() - ref64).abs().max().item()
+    ref_err = max((r.double() - ref64).abs().max().item() for r in refs_lp)
+    assert err <= 2 * ref_err + atol, f"{name}: kernel error {err:.3g} > 2 x reference error {ref_err:.3g} + {atol:g}"
+
+
+def kernel_devices() -> list[torch.device]:
+    """Devices a kernel test runs on: the GPU when present, else the CPU (Triton interpreter)."""
+    return [torch.device("cuda")] if torch.cuda.is_available() else [torch.device("cpu")]

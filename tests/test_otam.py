@@ -17,6 +17,8 @@ import textwrap
 import pytest
 import torch
 
+from tests.helpers import assert_within_ref_error
+
 from hr2g import _dispatch, ops
 from hr2g.reference import OTAM_COS_EPS, otam_cosine_distance, otam_cum_dist, otam_distance_ref
 
@@ -72,14 +74,6 @@ def frames(*shape: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     *lead, c = shape
     low = torch.randn(*lead, 3, device=device) @ torch.randn(3, c, device=device)
     return (low + 0.3 * torch.randn(*lead, c, device=device)).to(dtype)
-
-
-def assert_within_ref_error(name: str, got: torch.Tensor, ref_lp: torch.Tensor, ref64: torch.Tensor, atol: float) -> None:
-    """STYLE.md's bound: the kernel's worst error against fp64 may be twice the same-precision
-    reference's worst error, plus a small atol."""
-    err = (got.double() - ref64).abs().max().item()
-    ref_err = (ref_lp.double() - ref64).abs().max().item()
-    assert err <= 2 * ref_err + atol, f"{name}: kernel error {err:.3g} > 2 x reference error {ref_err:.3g} + {atol:g}"
 
 
 def check_against_reference(query: torch.Tensor, support: torch.Tensor, lam: float, atol: float) -> None:

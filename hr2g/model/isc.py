@@ -34,7 +34,7 @@ class ISC(nn.Module):
     def _attend(self, x: torch.Tensor, n_support: int | None) -> torch.Tensor:
         """Pre-norm attention over axis -2 of ``x [B, S, C]`` -> update ``[B, S, C]``."""
         q, k, v = rearrange(self.qkv(self.norm(x)), "b s (three h d) -> three b h s d", three=3, h=self.heads)
-        out = ops.sample_attention(q.contiguous(), k.contiguous(), v.contiguous(), n_support, backend=self.backend)
+        out = ops.sample_attention(q, k, v, n_support, backend=self.backend)  # each [B, H, S, d]
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))
 
     def forward(self, fs: torch.Tensor, fq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,352 @@
+"""Fused masked attention along the sample axis (ISC), forward and backward, in Triton.
+
+Semantics: :func:`hr2g.reference.sample_attention_ref` -- ``softmax(q k^T / sqrt(d)) v`` over
+``[B, H, S, d]`` with only the first ``n_kv`` samples (``n_support``, or all S) acting as keys and
+values.  In ISC, B = episodes x T frames and S = supports + queries: every (b, h) is a tiny
+attention problem (S = 10 for 5-way 1-shot), and there are thousands of them (8 x 512 x 8 heads for
+a 512-episode evaluation batch), so all of them go in one launch.
+
+Forward (FlashAttention-style online softmax).  Grid ``(B*H, cdiv(S, BLOCK_M))``: a program holds
+``BLOCK_M`` query rows and walks the keys ``[0, n_kv)`` in blocks of ``BLOCK_N`` with a running max
+and sum, so S has no register-imposed limit.  The key loop stops at ``n_kv``; the tail of its
+last block loads as zeros and gets logits of ``-inf``.  ``n_kv >= 1`` gives every row one real key,
+so no row's normaliser is zero.  It writes the output and the natural-log log-sum-exp of the scaled
+scores (``lse [B, H, S]``, fp32), which the backward uses to rebuild the probabilities.
+
+Backward (FlashAttention-2 style), one launch with two kinds of programs.  Grid
+``(B*H, cdiv(S, BLOCK_M) + cdiv(S, BLOCK_N))``:
+
+* the first ``cdiv(S, BLOCK_M)`` programs of a head own query rows and accumulate ``dq`` over the
+  key blocks;
+* the rest own key rows and accumulate ``dk``, ``dv`` over the query blocks; key blocks at or
+  beyond ``n_kv`` store zeros without looping (a masked key gets no gradient).
+
+With ``p = exp(s - lse)``, ``delta_i = sum_d dO_id O_id`` and ``ds = p (dO v^T - delta)``:
+``dv = p^T dO``, ``dq = ds k / sqrt(d)``, ``dk = ds^T q / sqrt(d)``.  Each program recomputes
+``delta`` for the rows it touches from O and dO (one extra read of O) instead of a separate
+pre-pass launch: a 5-way 1-shot episode's backward (B*H = 64, S = 10, d = 64, bf16) moves ~0.7 MB,
+a fraction of a microsecond at H100 bandwidth, against several microseconds per launch.  No atomics, so the
+gradients are deterministic.  The op also returns ``lse`` and is differentiable through it
+(``d lse_i / d s_ij = p_ij`` folds into ``delta``), so the custom op's autograd is honest for both
+outputs.
+
+Blocks are powers of two and at least 16 (``tl.dot`` needs every dim >= 16 on the GPU); the head
+dim is padded to ``BLOCK_D = max(16, next_pow2(d))`` and masked.  Accumulation is fp32.  fp32 inputs
+multiply in IEEE fp32 unless torch's ``float32_matmul_precision`` allows TF32 (as the reference's
+``torch.matmul`` would); bf16/fp16 inputs go to the tensor cores as they are, with the
+probabilities rounded to the input dtype for the ``p v`` product, as FlashAttention does.  Under
+``TRITON_INTERPRET=1`` every tile is upcast to fp32 first (the interpreter's bf16 ``tl.dot`` is
+wrong).
+
+Limits (``unsupported_reason`` reports each): head dim 1..128, fp32 / bf16 / fp16, S <= 2**18
+(the grid's second axis holds at most 65535 blocks), fewer than 2**31 (batch, head) pairs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_HEAD_DIM = 128
+# the backward's grid axis 1 holds cdiv(S, BLOCK_M) + cdiv(S, BLOCK_N) <= 65535 blocks, 16 rows each at worst
+MAX_SAMPLES = 2**18
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Read once, like triton.jit itself (which picks the interpreter when the kernel is decorated).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# exp(x) = exp2(x * log2(e)); the kernels spell the constant out (jit code reads no Python globals)
+_LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------- device helpers
+@triton.jit
+def _mm(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # fp32 tiles take the requested precision ("ieee" or "tf32"); bf16/fp16 tiles go to the tensor
+    # cores as they are.  Both accumulate in fp32.
+    if UPCAST:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _load_tile(ptr, base, rows, n_rows, offs_d, D, UPCAST: tl.constexpr):
+    """``[len(rows), BLOCK_D]`` tile of a contiguous ``[*, S, D]`` head; zeros outside."""
+    offs = base + rows[:, None].to(tl.int64) * D + offs_d[None, :]
+    tile = tl.load(ptr + offs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _store_tile(ptr, base, rows, n_rows, offs_d, D, val):
+    offs = base + rows[:, None].to(tl.int64) * D + offs_d[None, :]
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _row_delta(o_ptr, do, glse_ptr, base, row_base, rows, S, offs_d, D, HAS_GLSE: tl.constexpr):
+    """``rowsum(dO * O) - dlse`` for ``rows`` (fp32): the term every ``ds`` of the row subtracts."""
+    o = _load_tile(o_ptr, base, rows, S, offs_d, D, True)
+    delta = tl.sum(do.to(tl.float32) * o, axis=1)
+    if HAS_GLSE:
+        delta -= tl.load(glse_ptr + row_base + rows, mask=rows < S, other=0.0).to(tl.float32)
+    return delta
+
+
+# --------------------------------------------------------------------------- kernels
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, S, N_KV, D, qk_scale,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    base = bh * S * D  # int64: B*H*S*d passes 2**31 at 3.4M heads of S=10, d=64 (8 frames x 8 heads x 52k episodes)
+    q = _load_tile(q_ptr, base, rows, S, offs_d, D, UPCAST)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for start_n in range(0, N_KV, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_tile(k_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+        v = _load_tile(v_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+        # qk_scale = log2(e) / sqrt(d): exp2 of these is exp of the scaled scores
+        s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        s = tl.where(cols[None, :] < N_KV, s, float("-inf"))
+        # every block starts below N_KV, so each row has a finite max and m_new is finite
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, UPCAST, PRECISION)
+        m_i = m_new
+    _store_tile(o_ptr, base, rows, S, offs_d, D, acc / l_i[:, None])
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log
+    tl.store(lse_ptr + bh * S + rows, lse, mask=rows < S)
+
+
+@triton.jit
+def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+    """dq for query rows ``[blk*BLOCK_M, (blk+1)*BLOCK_M)`` of head ``bh``."""
+    rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    base = bh * S * D
+    q = _load_tile(q_ptr, base, rows, S, offs_d, D, UPCAST)
+    do = _load_tile(do_ptr, base, rows, S, offs_d, D, UPCAST)
+    delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
+    lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0) * 1.4426950408889634
+    qk_scale = sm_scale * 1.4426950408889634
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for start_n in range(0, N_KV, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_tile(k_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+        v = _load_tile(v_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+        s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
+        live = (rows[:, None] < S) & (cols[None, :] < N_KV)
+        p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+        dp = _mm(do, tl.trans(v), UPCAST, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += _mm(ds.to(k.dtype), k, UPCAST, PRECISION)
+    _store_tile(dq_ptr, base, rows, S, offs_d, D, dq * sm_scale)
+
+
+@triton.jit
+def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_ptr, bh, blk, S, N_KV, D, sm_scale,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+    """dk, dv for key rows ``[blk*BLOCK_N, (blk+1)*BLOCK_N)`` of head ``bh`` (zeros at >= N_KV)."""
+    start_n = blk * BLOCK_N
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    base = bh * S * D
+    k = _load_tile(k_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+    v = _load_tile(v_ptr, base, cols, N_KV, offs_d, D, UPCAST)
+    qk_scale = sm_scale * 1.4426950408889634
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    # a block wholly past the support keys has zero gradient: skip the query loop, store zeros
+    hi = tl.where(start_n < N_KV, S, 0)
+    for start_m in range(0, hi, BLOCK_M):
+        rows = start_m + offs_m
+        q = _load_tile(q_ptr, base, rows, S, offs_d, D, UPCAST)
+        do = _load_tile(do_ptr, base, rows, S, offs_d, D, UPCAST)
+        delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
+        lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0) * 1.4426950408889634
+        # transposed scores [BLOCK_N, BLOCK_M], so p^T and ds^T feed the dots without a transpose
+        st = _mm(k, tl.trans(q), UPCAST, PRECISION) * qk_scale
+        live = (cols[:, None] < N_KV) & (rows[None, :] < S)
+        pt = tl.where(live, tl.exp2(st - lse2[None, :]), 0.0)
+        dv += _mm(pt.to(do.dtype), do, UPCAST, PRECISION)
+        dpt = _mm(v, tl.trans(do), UPCAST, PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += _mm(dst.to(q.dtype), q, UPCAST, PRECISION)
+    # store over all S rows (not N_KV): this is what zeroes dk, dv of the non-support keys
+    _store_tile(dk_ptr, base, cols, S, offs_d, D, dk * sm_scale)
+    _store_tile(dv_ptr, base, cols, S, offs_d, D, dv)
+
+
+@triton.jit
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, dk_ptr, dv_ptr,
+                S, N_KV, D, sm_scale, N_QBLOCKS,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    if blk < N_QBLOCKS:
+        _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale,
+                BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE)
+    else:
+        _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_ptr, bh, blk - N_QBLOCKS,
+                  S, N_KV, D, sm_scale, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE)
+
+
+# --------------------------------------------------------------------------- host side
+def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool) -> dict:
+    """Block sizes and warps for one shape (no autotuning: the interpreter would run every config,
+    and the episode shapes are few and small).
+
+    Query/key blocks are the sample counts rounded up to a power of two, at least 16 (``tl.dot``'s
+    minimum), capped so that nothing spills.  Compiled ahead of time for sm_90 (ptxas through
+    ``triton.compile``, ``cuobjdump --dump-resource-usage``; registers / spill stack per thread):
+    fp32 tiles multiply on the FMA units (IEEE), whose dot layouts cost far more registers than
+    the tensor cores' -- forward 64 x 64 x d64 spills 416 B even at 8 warps, 32 x 32 x d128 at 8
+    warps needs 183 and no stack; backward 32 x 32 x d128 spills 896 B, 16 x 16 x d128 needs 194.
+    bf16 / fp16: forward 64 x 64 x d128 at 8 warps needs 216, backward 64 x 64 x d128 spills
+    632 B, 32 x 32 x d128 needs 237, 64 x 64 x d64 needs 240.  Blocks of 16 take 4 warps (at most
+    201 registers), larger ones 8.
+    """
+    block_d = max(16, triton.next_power_of_2(d))
+    if dtype == torch.float32:
+        cap = 16 if (backward and block_d > 64) else 32
+    else:
+        cap = 32 if (backward and block_d > 64) else 64
+    block_m = min(cap, max(16, triton.next_power_of_2(s)))
+    block_n = min(cap, max(16, triton.next_power_of_2(n_kv)))  # <= block_m, as n_kv <= s
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4 if block_m <= 16 else 8)
+
+
+def _precision(x: torch.Tensor) -> tuple[bool, str]:
+    """(UPCAST, PRECISION): fp32 tiles everywhere under the interpreter; TF32 only where torch's
+    own fp32 matmuls would use it."""
+    upcast = x.dtype == torch.float32 or _INTERPRET
+    tf32 = x.is_cuda and torch.get_float32_matmul_precision() != "highest"
+    return upcast, "tf32" if tf32 else "ieee"
+
+
+def _on_device(x: torch.Tensor):
+    # launch on the tensor's GPU, not the current one; a no-op for CPU tensors (interpreter)
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+@torch.library.custom_op("hr2g::sample_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, H, S, d]`` each -> (out ``[B, H, S, d]`` in the input dtype, lse ``[B, H, S]`` fp32)."""
+    b, h, s, d = q.shape
+    if s > 0 and not 1 <= n_kv <= s:
+        raise ValueError(f"hr2g::sample_attention: n_kv must be in [1, S={s}], got {n_kv}")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the kernels index [B*H, S, d] densely
+    out = torch.empty_like(q)
+    lse = torch.empty((b, h, s), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    cfg = _blocks(s, n_kv, d, q.dtype, backward=False)
+    upcast, precision = _precision(q)
+    grid = (b * h, triton.cdiv(s, cfg["BLOCK_M"]))
+    with _on_device(q):
+        _fwd_kernel[grid](q, k, v, out, lse, s, n_kv, d, _LOG2E / math.sqrt(d), UPCAST=upcast, PRECISION=precision, **cfg)
+    return out, lse
+
+
+@_attention_op.register_fake
+def _(q, k, v, n_kv):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("hr2g::sample_attention_backward", mutates_args=())
+def _attention_bwd_op(grad_out: torch.Tensor, grad_lse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+                      v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, n_kv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, h, s, d = q.shape
+    # grad_out arrives strided when the caller transposed the output (e.g. "b h s d -> b s (h d)")
+    grad_out, q, k, v, out, lse = (x.contiguous() for x in (grad_out, q, k, v, out, lse))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0:
+        return dq, dk, dv
+    has_glse = grad_lse is not None
+    glse = grad_lse.contiguous() if has_glse else lse  # never read when has_glse is False
+    cfg = _blocks(s, n_kv, d, q.dtype, backward=True)
+    upcast, precision = _precision(q)
+    n_qblocks = triton.cdiv(s, cfg["BLOCK_M"])
+    grid = (b * h, n_qblocks + triton.cdiv(s, cfg["BLOCK_N"]))
+    with _on_device(q):
+        _bwd_kernel[grid](q, k, v, out, grad_out, lse, glse, dq, dk, dv, s, n_kv, d, 1.0 / math.sqrt(d), n_qblocks,
+                          UPCAST=upcast, PRECISION=precision, HAS_GLSE=has_glse, **cfg)
+    return dq, dk, dv
+
+
+@_attention_bwd_op.register_fake
+def _(grad_out, grad_lse, q, k, v, out, lse, n_kv):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, n_kv = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.n_kv = n_kv
+    # an unused lse (the usual case) then arrives as None, not as a zero tensor the kernel would read
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = _attention_bwd_op(grad_out, grad_lse, q, k, v, out, lse, ctx.n_kv)
+    return dq, dk, dv, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_support: int | None = None) -> torch.Tensor:
+    """Fused ``softmax(q k^T / sqrt(d)) v`` along the sample axis, ``[B, H, S, d]`` -> same.
+
+    Same semantics as :func:`hr2g.reference.sample_attention_ref`: only the first ``n_support``
+    samples (all S when None) act as keys/values.  Differentiable w.r.t. q, k and v.
+    """
+    n_kv = q.shape[2] if n_support is None else int(n_support)
+    out, _ = _attention_op(q, k, v, n_kv)
+    return out
+
+
+def unsupported_reason(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_support: int | None = None) -> str | None:
+    """Why this kernel cannot run ``op`` on these arguments, or ``None``."""
+    if op != "sample_attention":
+        return f"hr2g.kernels.sample_attention implements sample_attention, not {op}"
+    if q.dim() != 4 or not (q.shape == k.shape == v.shape):
+        return f"q, k, v must share one [B, H, S, d] shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
+    if q.dtype not in _DTYPES:
+        return f"dtype {q.dtype} is not supported by the Triton sample-attention kernel (fp32, bf16, fp16); use backend='torch'"
+    b, h, s, d = q.shape
+    if not 1 <= d <= MAX_HEAD_DIM:
+        return f"head dim {d} is outside the Triton sample-attention kernel's range 1..{MAX_HEAD_DIM} (its [block, head dim] tiles live in registers)"
+    if s > MAX_SAMPLES:
+        return f"S={s} samples exceed the Triton sample-attention kernel's limit of {MAX_SAMPLES} (the grid's second axis holds at most 65535 blocks)"
+    if b * h >= 2**31:
+        return f"B*H = {b * h} (batch, head) pairs exceed the launch grid's 2**31 - 1 programs"
+    if n_support is not None and not 1 <= int(n_support) <= s:
+        return f"n_support must be in [1, S={s}], got {n_support}"
+    return None

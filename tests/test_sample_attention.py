@@ -1,0 +1,411 @@
+"""Sample-axis attention (ISC): the reference against naive loops, then the fused Triton kernel
+against the reference (forward, dq/dk/dv and the log-sum-exp), the support mask's semantics, the
+custom-op registration, the dispatcher's refusals, and GPU-only dtypes and sizes.
+
+On a machine without CUDA the kernel runs under ``TRITON_INTERPRET=1`` (tests/conftest.py), one
+program at a time, so the CPU cases keep B*H*blocks small.  The fp64 oracle is PyTorch's
+``scaled_dot_product_attention`` with a boolean mask: an implementation independent of both the
+reference and the kernel.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hr2g import _dispatch, ops
+from hr2g.reference import sample_attention_ref
+from tests.helpers import assert_within_ref_error, kernel_devices
+
+
+# --------------------------------------------------------------------------- helpers
+def naive_attention(q: list, k: list, v: list, n_support: int | None) -> list:
+    """The op's definition one row at a time, in plain Python floats: for every (b, h, i) the
+    scores of row i against the first n_support keys, a max-shifted softmax, the weighted sum."""
+    out = []
+    for qb, kb, vb in zip(q, k, v):
+        heads = []
+        for qh, kh, vh in zip(qb, kb, vb):
+            n = len(kh) if n_support is None else n_support
+            scale = 1.0 / math.sqrt(len(qh[0]))
+            rows = []
+            for qi in qh:
+                scores = [scale * sum(a * b for a, b in zip(qi, kh[j])) for j in range(n)]
+                m = max(scores)
+                e = [math.exp(s - m) for s in scores]
+                z = sum(e)
+                rows.append([sum(e[j] / z * vh[j][c] for j in range(n)) for c in range(len(qi))])
+            heads.append(rows)
+        out.append(heads)
+    return out
+
+
+def support_mask(s: int, n_support: int | None, device) -> torch.Tensor:
+    """Boolean ``[S, S]`` mask for SDPA: True where column j < n_support may be attended."""
+    n = s if n_support is None else n_support
+    return (torch.arange(s, device=device) < n).expand(s, s)
+
+
+def sdpa(q, k, v, n_support):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=support_mask(q.shape[2], n_support, q.device))
+
+
+# about one unit in the last place at magnitude 1, for cases where the references happen to be exact
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _grads(fn, inputs, grad_out):
+    xs = [x.detach().requires_grad_() for x in inputs]
+    out = fn(*xs)
+    out.backward(grad_out.to(out.dtype))
+    return [out.detach()] + [x.grad for x in xs]
+
+
+def check_against_reference(q, k, v, n_support, atol=None):
+    """Forward and dq, dk, dv of ``backend='triton'`` against fp64 SDPA, bounded by the error of
+    the reference and of SDPA at the inputs' dtype, under a random upstream gradient."""
+    atol = ATOL[q.dtype] if atol is None else atol
+    grad = torch.randn(q.shape, device=q.device, dtype=torch.float64)
+    got = _grads(lambda a, b, c: ops.sample_attention(a, b, c, n_support, backend="triton"), (q, k, v), grad)
+    assert got[0].dtype == q.dtype and got[0].shape == q.shape
+    lp = [_grads(lambda a, b, c: sample_attention_ref(a, b, c, n_support), (q, k, v), grad),
+          _grads(lambda a, b, c: sdpa(a, b, c, n_support), (q, k, v), grad)]
+    hi = _grads(lambda a, b, c: sdpa(a, b, c, n_support), [x.double() for x in (q, k, v)], grad)
+    for i, name in enumerate(("forward", "dq", "dk", "dv")):
+        assert_within_ref_error(name, got[i], [r[i] for r in lp], hi[i], atol)
+
+
+def rand_qkv(b, h, s, d, dtype=torch.float32, device="cpu"):
+    return [torch.randn(b, h, s, d, device=device).to(dtype) for _ in range(3)]
+
+
+def case_id(dtype, b, h, s, d, ns) -> str:
+    name = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+    return f"{name}-B{b}-H{h}-S{s}-d{d}-ns{'all' if ns is None else ns}"
+
+
+# --------------------------------------------------------------------------- reference vs definition
+@pytest.mark.parametrize("s,n_support", [(1, None), (5, None), (5, 1), (5, 3), (6, 6)], ids=["S1-nsall", "S5-nsall", "S5-ns1", "S5-ns3", "S6-ns6"])
+def test_reference_matches_naive_loops(s, n_support):
+    q, k, v = rand_qkv(2, 2, s, 4, dtype=torch.float64)
+    want = torch.tensor(naive_attention(q.tolist(), k.tolist(), v.tolist(), n_support), dtype=torch.float64)
+    got = sample_attention_ref(q.float(), k.float(), v.float(), n_support)
+    assert got.dtype == torch.float32
+    # fp32 arithmetic over 4-term dot products and <= 6-term sums of O(1) values
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_keeps_low_precision_dtype():
+    q, k, v = rand_qkv(1, 2, 7, 8, dtype=torch.bfloat16)
+    out = sample_attention_ref(q, k, v, 3)
+    assert out.dtype == torch.bfloat16
+    want = torch.tensor(naive_attention(q.double().tolist(), k.double().tolist(), v.double().tolist(), 3), dtype=torch.float64)
+    # computed in fp32, rounded once to bf16: within half a bf16 ulp (2**-9 relative)
+    torch.testing.assert_close(out.double(), want, rtol=2**-8, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- kernel vs reference
+# (B, H, S, d, n_support): S = 1, 2, primes, block size (16 / 32 / 64) + 1, two and three blocks
+# each way, a key block wholly past n_support, n_support = 1, S and in between, head dims from the
+# tiny config's 8 to 128, one that is not a power of two.
+KERNEL_CASES = [
+    (1, 1, 1, 32, None),
+    (2, 1, 2, 32, 1),
+    (1, 2, 7, 64, None),
+    (2, 3, 13, 32, 5),
+    (1, 2, 17, 32, 17),
+    (2, 1, 33, 64, 1),
+    (1, 1, 33, 64, 20),
+    (1, 2, 65, 32, 64),
+    (1, 1, 128, 64, None),
+    (1, 1, 130, 32, 97),
+    (2, 2, 10, 8, 5),
+    (1, 3, 11, 16, 6),
+    (1, 2, 11, 40, 6),
+    (1, 1, 70, 128, 3),
+]
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+@pytest.mark.parametrize("b,h,s,d,ns", KERNEL_CASES, ids=[case_id(torch.float32, *c) for c in KERNEL_CASES])
+def test_kernel_matches_reference(b, h, s, d, ns, device):
+    check_against_reference(*rand_qkv(b, h, s, d, device=device), ns)
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+def test_kernel_strided_inputs(device):
+    """ISC slices q, k, v out of one qkv projection: views with a head-interleaved layout."""
+    qkv = torch.randn(2, 9, 3, 3, 32, device=device)  # [B, S, three, H, d]
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, S, d], non-contiguous
+    assert not q.is_contiguous()
+    check_against_reference(q, k, v, 4)
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+def test_log_sum_exp_output_and_its_gradient(device):
+    """The op's second output is logsumexp of the scaled support scores, and gradients through it
+    (which fold into delta) are right too."""
+    from hr2g.kernels import sample_attention as kernel  # noqa: F401  (registers the op)
+
+    b, h, s, d, ns = 2, 2, 19, 32, 7
+    inputs = rand_qkv(b, h, s, d, device=device)
+    g_out = torch.randn(b, h, s, d, device=device, dtype=torch.float64)
+    g_lse = torch.randn(b, h, s, device=device, dtype=torch.float64)
+
+    def lse_torch(q, k, v):
+        scores = q @ k[..., :ns, :].transpose(-1, -2) / math.sqrt(d)  # [B, H, S, ns]
+        return torch.logsumexp(scores, dim=-1)
+
+    def run(fn, dtype):
+        xs = [x.detach().to(dtype).requires_grad_() for x in inputs]
+        out, lse = fn(*xs)
+        ((out * g_out.to(dtype)).sum() + (lse * g_lse.to(lse.dtype)).sum()).backward()
+        return [out.detach(), lse.detach()] + [x.grad for x in xs]
+
+    got = run(lambda q, k, v: torch.ops.hr2g.sample_attention(q, k, v, ns), torch.float32)
+    assert got[1].dtype == torch.float32 and got[1].shape == (b, h, s)
+    lp = run(lambda q, k, v: (sample_attention_ref(q, k, v, ns), lse_torch(q, k, v)), torch.float32)
+    hi = run(lambda q, k, v: (sdpa(q, k, v, ns), lse_torch(q, k, v)), torch.float64)
+    for i, name in enumerate(("out", "lse", "dq", "dk", "dv")):
+        assert_within_ref_error(name, got[i], [lp[i]], hi[i], ATOL[torch.float32])
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+def test_gradient_through_log_sum_exp_alone(device):
+    """Only lse in the loss: the output's gradient arrives as None and the kernel must not need it."""
+    from hr2g.kernels import sample_attention as kernel  # noqa: F401  (registers the op)
+
+    b, h, s, d, ns = 1, 2, 9, 16, 4
+    inputs = rand_qkv(b, h, s, d, device=device)
+    g = torch.randn(b, h, s, device=device, dtype=torch.float64)
+
+    def run(fn, dtype):
+        xs = [x.detach().to(dtype).requires_grad_() for x in inputs]
+        (fn(*xs) * g.to(dtype)).sum().backward()
+        return [x.grad for x in xs]
+
+    got = run(lambda q, k, v: torch.ops.hr2g.sample_attention(q, k, v, ns)[1], torch.float32)
+    lse = lambda q, k, v: torch.logsumexp(q @ k[..., :ns, :].transpose(-1, -2) / math.sqrt(d), dim=-1)  # noqa: E731
+    lp, hi = run(lse, torch.float32), run(lambda q, k, v: lse(q, k, v) + 0 * v.sum(), torch.float64)
+    for name, a, b_, c in zip(("dq", "dk"), got, lp, hi):
+        assert_within_ref_error(name, a, [b_], c, ATOL[torch.float32])
+    assert torch.count_nonzero(got[2]) == 0  # lse does not depend on v
+
+
+# --------------------------------------------------------------------------- mask semantics
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_non_support_samples_act_only_through_their_own_rows(backend):
+    """With n_support = ns, samples >= ns are never keys or values: changing their k, v changes
+    nothing; changing their q changes only their own output rows; they get no dk, dv; and the
+    support rows' outputs send no gradient to them."""
+    device = kernel_devices()[0] if backend == "triton" else torch.device("cpu")
+    b, h, s, d, ns = 2, 2, 21, 32, 5  # rows 5..20 span both halves of a 16-row query block
+    q, k, v = rand_qkv(b, h, s, d, device=device)
+    fn = lambda q_, k_, v_: ops.sample_attention(q_, k_, v_, ns, backend=backend)  # noqa: E731
+    base = fn(q, k, v)
+
+    def perturb(x):
+        y = x.clone()
+        y[:, :, ns:] = torch.randn_like(y[:, :, ns:]) * 3
+        return y
+
+    assert torch.equal(fn(q, perturb(k), perturb(v)), base)
+    moved = fn(perturb(q), k, v)
+    assert torch.equal(moved[:, :, :ns], base[:, :, :ns])
+    assert (moved[:, :, ns:] != base[:, :, ns:]).any(dim=-1).all(), "every perturbed query row must change"
+
+    xs = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = fn(*xs)
+    grad = torch.randn_like(out)
+    grad[:, :, ns:] = 0  # only the support rows' outputs feed the loss
+    out.backward(grad)
+    dq, dk, dv = (x.grad for x in xs)
+    assert torch.count_nonzero(dq[:, :, ns:]) == 0
+    assert torch.count_nonzero(dk[:, :, ns:]) == 0 and torch.count_nonzero(dv[:, :, ns:]) == 0
+    assert torch.count_nonzero(dk[:, :, :ns]) > 0 and torch.count_nonzero(dv[:, :, :ns]) > 0
+
+    xs = [x.detach().requires_grad_() for x in (q, k, v)]
+    fn(*xs).backward(torch.randn_like(out))  # every row's output in the loss
+    assert torch.count_nonzero(xs[1].grad[:, :, ns:]) == 0 and torch.count_nonzero(xs[2].grad[:, :, ns:]) == 0
+
+
+# --------------------------------------------------------------------------- registration
+def test_opcheck():
+    from hr2g.kernels import sample_attention as kernel  # noqa: F401  (registers the ops)
+
+    device = kernel_devices()[0]
+    q, k, v = (x.requires_grad_() for x in rand_qkv(1, 2, 9, 16, device=device))
+    torch.library.opcheck(torch.ops.hr2g.sample_attention.default, (q, k, v, 4))
+    out, lse = torch.ops.hr2g.sample_attention(q.detach(), k.detach(), v.detach(), 4)
+    g = torch.randn_like(out)
+    bwd = torch.ops.hr2g.sample_attention_backward.default
+    torch.library.opcheck(bwd, (g, None, q.detach(), k.detach(), v.detach(), out, lse, 4))
+    torch.library.opcheck(bwd, (g, torch.randn_like(lse), q.detach(), k.detach(), v.detach(), out, lse, 4))
+
+
+def test_torch_compile_full_graph():
+    """The custom op traces as one opaque node (fake impl + registered autograd): no graph break,
+    and compiled forward/backward match eager."""
+    from hr2g.kernels import sample_attention as kernel
+
+    device = kernel_devices()[0]
+    torch._dynamo.reset()
+    step = lambda q, k, v: kernel.sample_attention(q * 2, k, v, 3).square().sum()  # noqa: E731
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    inputs = rand_qkv(1, 2, 7, 16, device=device)
+    eager_x = [x.clone().requires_grad_() for x in inputs]
+    comp_x = [x.clone().requires_grad_() for x in inputs]
+    step(*eager_x).backward()
+    compiled(*comp_x).backward()
+    for a, b in zip(eager_x, comp_x):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+
+
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import os, re, subprocess, sys
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from hr2g.kernels import sample_attention as K
+
+    assert not K._INTERPRET
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    # (dtype, S, n_kv, d): the 5-way 1-shot and 5-shot episodes, and the largest tiles of each dtype
+    for dt, s, n_kv, d in (("fp32", 10, 5, 64), ("bf16", 30, 25, 64), ("bf16", 128, 64, 128), ("fp32", 128, 128, 128)):
+        for kern, backward in ((K._fwd_kernel, False), (K._bwd_kernel, True)):
+            cfg = K._blocks(s, n_kv, d, dtypes[dt], backward)
+            warps = cfg.pop("num_warps")
+            consts = dict(cfg, UPCAST=dt == "fp32", PRECISION="ieee")
+            if backward:
+                consts["HAS_GLSE"] = True
+            sig = {}
+            for name in kern.arg_names:
+                if name in consts:
+                    sig[name] = "constexpr"
+                elif name.endswith("_ptr"):
+                    sig[name] = "*fp32" if name in ("lse_ptr", "glse_ptr") else "*" + dt
+                else:
+                    sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
+            out = triton.compile(ASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+            assert out.metadata.shared <= 227 * 1024, (kern.fn.__name__, dt, s, d, out.metadata.shared)
+            usage = ""
+            if os.path.exists(cuobjdump):
+                path = os.path.join(sys.argv[1], "k.cubin")
+                with open(path, "wb") as f:
+                    f.write(out.asm["cubin"])
+                usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+                stack = int(re.search(r"STACK:(\\d+)", usage).group(1))
+                assert stack == 0, f"{kern.fn.__name__} {dt} S={s} d={d} {cfg}: spills ({usage.strip()})"
+            print("compiled", kern.fn.__name__, dt, s, d, cfg, warps, " ".join(re.findall(r"REG:\\d+|STACK:\\d+", usage)), flush=True)
+""")
+
+
+def test_kernels_compile_for_h100(tmp_path):
+    """Compile forward and backward to sm_90 cubin without a GPU, with the block sizes the host
+    code picks: the interpreter does not enforce tl.dot's >= 16 dims, power-of-2 shapes or the
+    227 KiB of shared memory per block; the compiler does.  Where triton ships cuobjdump, the
+    chosen tiles must not spill registers either."""
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and "TRITON_PTXAS_PATH" not in os.environ:
+        pytest.skip(f"triton {triton.__version__} ships no ptxas at {ptxas}: cannot build cubin")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("compiled") == 8, proc.stdout
+
+
+# --------------------------------------------------------------------------- dispatcher
+def test_unsupported_reason_names_the_limit():
+    from hr2g.kernels import sample_attention as kernel
+
+    q = torch.randn(1, 1, 4, 160)
+    assert "head dim 160" in kernel.unsupported_reason("sample_attention", q, q, q, None)
+    q0 = torch.randn(1, 1, 4, 0)
+    assert "head dim 0" in kernel.unsupported_reason("sample_attention", q0, q0, q0, None)
+    q64 = torch.randn(1, 1, 4, 8, dtype=torch.float64)
+    assert "float64" in kernel.unsupported_reason("sample_attention", q64, q64, q64, None)
+    ok = torch.randn(2, 3, 5, 128)
+    assert kernel.unsupported_reason("sample_attention", ok, ok, ok, 2) is None
+    assert "otam_distance" in kernel.unsupported_reason("otam_distance", ok, ok, ok, None)
+
+
+def test_dispatcher_refusals(monkeypatch):
+    device = kernel_devices()[0]
+    big = torch.randn(1, 1, 4, 256, device=device)
+    why = _dispatch.refusal("sample_attention", "triton", (big, big, big, None))
+    assert why is not None and "head dim 256" in why
+    with pytest.raises(_dispatch.BackendUnavailable, match="head dim 256"):
+        ops.sample_attention(big, big, big, backend="triton")
+    # auto falls back to the reference with the same numbers
+    torch.testing.assert_close(ops.sample_attention(big, big, big, 2), sample_attention_ref(big, big, big, 2))
+
+    q = torch.randn(1, 2, 5, 16)  # CPU tensors
+    verdicts = _dispatch.reasons("sample_attention", q, q, q, 2)
+    assert verdicts["torch"] is None
+    assert "interpreter" in verdicts["triton"] or "TRITON_INTERPRET" in verdicts["triton"]
+    assert _dispatch.resolve("sample_attention", "auto", q, q, q, 2)[0] == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1 is not set" in _dispatch.refusal("sample_attention", "triton", (q, q, q, 2))
+
+
+def test_ops_validates_n_support():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="n_support"):
+        ops.sample_attention(q, q, q, 5)
+    with pytest.raises(ValueError, match="n_support"):
+        ops.sample_attention(q, q, q, 0)
+
+
+# --------------------------------------------------------------------------- GPU only
+GPU_CASES = [
+    (2, 3, 13, 32, 5),
+    (1, 2, 33, 64, 20),
+    (2, 2, 10, 64, 5),
+    (1, 1, 128, 128, None),
+    (1, 2, 130, 128, 97),
+    (1, 2, 11, 8, 6),
+]
+
+
+GPU_LOW_PRECISION = [(dt, c) for dt in (torch.bfloat16, torch.float16) for c in GPU_CASES]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,case", GPU_LOW_PRECISION, ids=[case_id(dt, *c) for dt, c in GPU_LOW_PRECISION])
+def test_kernel_low_precision_gpu(cuda_device, dtype, case):
+    b, h, s, d, ns = case
+    check_against_reference(*rand_qkv(b, h, s, d, dtype=dtype, device=cuda_device), ns)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("s,d,ns", [(128, 128, 64), (10, 64, 5), (30, 64, 25)], ids=["S128-d128-ns64", "5w1s", "5w5s"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_kernel_large_batch_gpu(cuda_device, s, d, ns, dtype):
+    """B = T x episodes = 8 x 64, H = 8: 4096 heads in one launch; B*H*S*d > 2**26 elements."""
+    check_against_reference(*rand_qkv(8 * 64, 8, s, d, dtype=dtype, device=cuda_device), ns)
+
+
+@pytest.mark.gpu
+def test_torch_compile_inductor_gpu(cuda_device):
+    from hr2g.kernels import sample_attention as kernel
+
+    torch._dynamo.reset()
+    step = lambda q, k, v: kernel.sample_attention(q.sin(), k, v, 5).float().square().sum()  # noqa: E731
+    compiled = torch.compile(step, fullgraph=True)
+    inputs = rand_qkv(8, 8, 10, 64, dtype=torch.bfloat16, device=cuda_device)
+    eager_x = [x.clone().requires_grad_() for x in inputs]
+    comp_x = [x.clone().requires_grad_() for x in inputs]
+    step(*eager_x).backward()
+    compiled(*comp_x).backward()
+    for a, b in zip(eager_x, comp_x):
+        # inductor may fuse sin differently from eager: one bf16 rounding apart at most
+        torch.testing.assert_close(b.grad, a.grad, rtol=2**-7, atol=2**-7)
