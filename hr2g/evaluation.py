@@ -42,28 +42,23 @@ def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], devic
     rng = np.random.default_rng(0)  # unused by test-time sampling; required by the signature
     rows: dict[int, int] = {}
     chunks, failed = [], {}
-    pending, pending_idx = [], []
-
-    def flush():
-        if not pending:
-            return
+    starts = range(0, len(indices), batch_videos)
+    for start in tqdm(starts, desc="encoding videos", disable=not progress, dynamic_ncols=True):
+        chunk = indices[start : start + batch_videos]
+        ok, clips = [], []
+        for i, r in zip(chunk, dataset.clips(chunk, False, rng)):  # one batched decode per chunk
+            if isinstance(r, VideoReadError):
+                failed[dataset.key(i)] = r.why
+                log.warning("skipping unreadable video %s (%s)", r.path, r.why)
+            else:
+                ok.append(i)
+                clips.append(r)
+        if not clips:
+            continue
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            chunks.append(model.encode_videos(torch.stack(pending).to(device)).float())
-        for i in pending_idx:
+            chunks.append(model.encode_videos(torch.stack(clips).to(device)).float())
+        for i in ok:
             rows[i] = len(rows)
-        pending.clear()
-        pending_idx.clear()
-
-    for i in tqdm(indices, desc="encoding videos", disable=not progress, dynamic_ncols=True):
-        try:
-            pending.append(dataset.clip(i, False, rng))
-            pending_idx.append(i)
-        except VideoReadError as err:
-            failed[dataset.key(i)] = err.why
-            log.warning("skipping unreadable video %s (%s)", err.path, err.why)
-        if len(pending) == batch_videos:
-            flush()
-    flush()
     feats = torch.cat(chunks) if chunks else torch.zeros(0)
     return rows, feats, failed
 

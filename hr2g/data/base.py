@@ -40,6 +40,17 @@ class VideoDataset(abc.ABC):
         crop, deterministic.  Raises ``VideoReadError`` when the video cannot be read.
         """
 
+    def clips(self, indices: list[int], train: bool, rng: np.random.Generator) -> list[torch.Tensor | VideoReadError]:
+        """Several clips at once: each entry the clip of ``indices[k]`` or the VideoReadError that
+        stopped it.  Decoders that batch (DALI: one pipeline run per episode) override this."""
+        out: list[torch.Tensor | VideoReadError] = []
+        for i in indices:
+            try:
+                out.append(self.clip(int(i), train, rng))
+            except VideoReadError as err:
+                out.append(err)
+        return out
+
     @abc.abstractmethod
     def key(self, index: int) -> str:
         """A stable identifier of video ``index`` (feature caches and reports use it)."""

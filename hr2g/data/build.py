@@ -1,4 +1,12 @@
-"""``build_dataset(data_cfg, split)``: the one place that turns a DataConfig into a VideoDataset."""
+"""``build_dataset(data_cfg, split)``: the one place that turns a DataConfig into a VideoDataset.
+
+- ``dataset="synthetic"``: the embedded generated dataset (nothing to download);
+- a benchmark name (hmdb51, ucf101, kinetics100, ssv2_small, ssv2_full): a
+  :class:`~hr2g.data.benchmarks.BenchmarkDataset` over ``data_root``, with the split lists read
+  from ``split_dir`` -- by default ``<data_root>/splits``, which may hold the lists themselves or
+  the releases' folders (``clipfsar/<dataset>/``, ``trx/<dataset>_.../``), see
+  :mod:`hr2g.data.presets`.
+"""
 from __future__ import annotations
 
 from hr2g.config import DataConfig

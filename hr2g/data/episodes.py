@@ -111,8 +111,21 @@ def load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSp
                 used.add(idx)
 
     k, q = len(spec.support) // len(spec.classes), len(spec.query) // len(spec.classes)
-    support = torch.stack([read(int(v), int(spec.classes[i // k])) for i, v in enumerate(spec.support)])
-    query = torch.stack([read(int(v), int(spec.classes[i // q])) for i, v in enumerate(spec.query)])
+    vids = [int(v) for v in spec.support] + [int(v) for v in spec.query]
+    labels = [int(spec.classes[i // k]) for i in range(len(spec.support))] + [int(spec.classes[i // q]) for i in range(len(spec.query))]
+    # one batched decode for the whole episode (one DALI run); failures fall back to read(),
+    # which records them and draws replacements
+    todo = [j for j, v in enumerate(vids) if v not in bad]
+    got: list[torch.Tensor | None] = [None] * len(vids)
+    for j, r in zip(todo, dataset.clips([vids[j] for j in todo], train, rng)):
+        if isinstance(r, VideoReadError):
+            stats.failed[dataset.key(vids[j])] = r.why
+            bad.add(vids[j])
+            log.warning("skipping unreadable video %s (%s); %d skipped so far", r.path, r.why, stats.count)
+        else:
+            got[j] = r
+    frames = [c if c is not None else read(v, lab) for c, v, lab in zip(got, vids, labels)]
+    support, query = torch.stack(frames[: len(spec.support)]), torch.stack(frames[len(spec.support) :])
     n = len(spec.classes)
     return Episode(
         support=support, query=query,

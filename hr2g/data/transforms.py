@@ -38,7 +38,7 @@ def center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     return frames[..., top : top + size, left : left + size]
 
 
-def test_transform(frames: torch.Tensor, size: int) -> torch.Tensor:
+def eval_transform(frames: torch.Tensor, size: int) -> torch.Tensor:
     """Test-time: short side -> size, centre crop, normalise.  uint8/float ``[T,3,H,W]`` in."""
     return normalize(center_crop(resize_short(frames.float() / (255.0 if frames.dtype == torch.uint8 else 1.0), size), size))
 

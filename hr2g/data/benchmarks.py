@@ -1,0 +1,272 @@
+"""The five FSAR benchmarks (HMDB51, UCF101, Kinetics-100, SSv2-small, SSv2-full) as VideoDatasets.
+
+A :class:`BenchmarkDataset` is a data root + a parsed split list.  ``clip(i, train, rng)``:
+
+1. TSN indices over the video's length (:func:`hr2g.data.base.tsn_indices`: a random frame per
+   segment in training, the centre frame in testing); the length comes from the container header
+   or demuxed packets (:func:`hr2g.data.video.probe_video`) or the frame folder listing, cached;
+2. decodes exactly those frames -- PyAV / PIL on the CPU, or DALI (NVDEC / nvJPEG on the GPU);
+3. training: :func:`~hr2g.data.transforms.train_transform` (random resized crop, flip unless the
+   dataset is direction-sensitive, colour jitter, CLIP normalisation), on the decoder's device;
+   testing: short side -> ``image_size``, centre crop, CLIP normalisation (fused in DALI, or
+   :func:`~hr2g.data.transforms.eval_transform`).
+
+Output ``[T, 3, S, S]`` float32, on the GPU when DALI decodes there.  A missing or unreadable video
+raises :class:`~hr2g.data.base.VideoReadError` (the episode loader skips, counts and resamples it).
+
+``decoder``: "pyav"; "dali" (GPU when CUDA is available, DALI's CPU backend otherwise; a clear
+error if DALI is not installed); "auto" = DALI on the GPU when DALI and CUDA are both there and
+this is not a DataLoader worker, else PyAV -- the reason is logged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hr2g.data.base import VideoDataset, VideoReadError, tsn_indices
+from hr2g.data.presets import DEFAULT_SPLIT_SUBDIR, DatasetPreset, find_label_file, find_split_file, get_preset
+from hr2g.data.splits import Split, locate_videos, read_split, validate_root
+from hr2g.data.transforms import eval_transform, train_transform
+from hr2g.data.video import (FrameFolderInfo, ShortVideo, VideoInfo, decode_frames, probe_frame_folder, probe_video,
+                             read_frame_files)
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "dali", "pyav")
+
+
+def choose_decoder(decoder: str) -> tuple[str, str]:
+    """(backend, reason): which decoder ``decoder`` means in this process, and why."""
+    from hr2g.data import dali
+
+    if decoder not in DECODERS:
+        raise ValueError(f"data.decoder={decoder!r} is not allowed; choose one of {list(DECODERS)}")
+    if decoder == "pyav":
+        return "pyav", "data.decoder='pyav'"
+    if decoder == "dali":
+        dali.require_dali()
+        return "dali", "data.decoder='dali'"
+    why = dali.dali_status()
+    if why is not None:
+        return "pyav", f"decoder='auto' falls back to PyAV: {why}"
+    if not torch.cuda.is_available():
+        return "pyav", ("decoder='auto' uses PyAV: no CUDA device, and DALI's CPU video decoder reads only "
+                        "VP8/VP9/MJPEG (pass decoder='dali' to use it anyway)")
+    if dali.in_dataloader_worker():
+        return "pyav", "decoder='auto' uses PyAV in DataLoader workers (GPU decoding needs data.num_workers=0)"
+    return "dali", "decoder='auto': DALI and CUDA available, decoding on the GPU"
+
+
+class BenchmarkDataset(VideoDataset):
+    """One split of a benchmark: videos (or frame folders) under ``root`` listed by ``split``.
+
+    Args:
+        root: data root (raw videos, or what ``python -m hr2g.prepare`` wrote).
+        split: the parsed list (:func:`hr2g.data.splits.read_split`).
+        preset: the dataset's layout (where to look for videos); None: the listed paths, or the root and videos/.
+        frames: T, TSN segments.
+        image_size: output crop side.
+        flip: horizontal flip in training.
+        decoder: "auto" | "dali" | "pyav" (module docstring).
+        located: precomputed :func:`~hr2g.data.splits.locate_videos` result (saves a directory scan).
+    """
+
+    def __init__(self, root: str | Path, split: Split, preset: DatasetPreset | None = None, frames: int = 8,
+                 image_size: int = 224, flip: bool = True, decoder: str = "auto",
+                 located: list[Path | None] | None = None):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r} is not allowed; choose one of {list(DECODERS)}")
+        if decoder == "dali":  # fail at construction, not at the first episode
+            from hr2g.data.dali import require_dali
+
+            require_dali()
+        self.root, self.split, self.preset = Path(root), split, preset
+        self.frames, self.image_size, self.flip, self.decoder = frames, image_size, flip, decoder
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data root {self.root} does not exist or is not a folder")
+        self.paths = located if located is not None else locate_videos(self.root, split, preset)
+        report = validate_root(self.root, split, preset, self.paths)
+        if report.found == 0:
+            raise FileNotFoundError(report.message())
+        if not report.ok:
+            log.warning("%s; the missing ones count as unreadable videos (skipped and resampled)", report.message())
+        self.report = report  # what validate_root found: counts and missing entries
+        self.class_names = list(split.class_names)
+        self.labels = split.labels
+        self._meta: dict[int, VideoInfo | FrameFolderInfo] = {}  # probed once per video and process
+        self._backend: tuple[int, str, object] | None = None  # (pid, "pyav"|"dali", DaliReader|None)
+        self._warned_codecs: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg, split: str) -> "BenchmarkDataset":
+        """Build from a :class:`hr2g.config.DataConfig`: lists from ``cfg.split_dir`` (default
+        ``<data_root>/splits``), names of index-only SSv2 lists from the preset's label files."""
+        preset = get_preset(cfg.dataset)
+        if not cfg.data_root:
+            raise ValueError(f"data.data_root is required for dataset {cfg.dataset!r} (pass --data-root DIR)")
+        root = Path(cfg.data_root)
+        split_dir = Path(cfg.split_dir) if cfg.split_dir else root / DEFAULT_SPLIT_SUBDIR
+        list_path = find_split_file(preset, split_dir, split)
+        label_file = find_label_file(preset, split_dir, split, exclude=list_path)
+        parsed = read_split(list_path, split, label_file=label_file)
+        want = preset.expected.get(split)
+        if want and (parsed.num_classes, len(parsed)) != want:
+            log.warning("%s %s list %s has %d classes / %d videos; the public few-shot split has %d / %d",
+                        cfg.dataset, split, list_path, parsed.num_classes, len(parsed), *want)
+        flip = cfg.flip
+        if flip and not preset.flip:
+            log.warning("%s: flip augmentation disabled: its classes are direction-sensitive "
+                        "(e.g. 'pushing something from left to right')", cfg.dataset)
+            flip = False
+        log.info("%s %s: %d videos, %d classes from %s (class names: %s)", cfg.dataset, split, len(parsed),
+                 parsed.num_classes, list_path, parsed.label_source)
+        return cls(root, parsed, preset, frames=cfg.frames, image_size=cfg.image_size, flip=flip, decoder=cfg.decoder)
+
+    def __getstate__(self):  # decoders are per process (DALI pipelines, CUDA contexts)
+        state = self.__dict__.copy()
+        state["_backend"] = None
+        return state
+
+    # ---------------------------------------------------------------- identity and metadata
+
+    def key(self, index: int) -> str:
+        path = self.paths[index]
+        if path is not None:
+            return path.relative_to(self.root).as_posix()
+        return self.split.videos[index]
+
+    def _path(self, index: int) -> Path:
+        path = self.paths[index]
+        if path is None:
+            raise VideoReadError(str(self.root / self.split.videos[index]),
+                                 "not found under the data root (no video file or frame folder)")
+        return path
+
+    def _info(self, index: int) -> VideoInfo | FrameFolderInfo:
+        if index not in self._meta:
+            path = self._path(index)
+            self._meta[index] = probe_frame_folder(path) if path.is_dir() else probe_video(path)
+        return self._meta[index]
+
+    def num_frames(self, index: int) -> int:
+        return self._info(index).n_frames
+
+    def frame_indices(self, index: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+        return tsn_indices(self.num_frames(index), self.frames, train, rng)
+
+    # ---------------------------------------------------------------- decoding
+
+    def _reader(self) -> tuple[str, object]:
+        pid = os.getpid()
+        if self._backend is None or self._backend[0] != pid:  # first use in this process (or a fork)
+            name, why = choose_decoder(self.decoder)
+            reader = None
+            if name == "dali":
+                from hr2g.data.dali import DaliReader
+
+                reader = DaliReader("auto", image_size=self.image_size)
+                why += f" (DALI device: {reader.device})"
+            log.info("%s: decoding with %s -- %s", self.split.name, name, why)
+            self._backend = (pid, name, reader)
+        return self._backend[1], self._backend[2]
+
+    @property
+    def backend(self) -> str:
+        """The decoder this process uses: "pyav" or "dali"."""
+        return self._reader()[0]
+
+    def _pyav_raw(self, index: int, idx: np.ndarray, train: bool, rng: np.random.Generator) -> np.ndarray:
+        info = self._info(index)
+        if isinstance(info, FrameFolderInfo):
+            return read_frame_files(info.files, idx)
+        path = str(self._path(index))
+        try:
+            return decode_frames(path, idx)
+        except ShortVideo as short:
+            # the header overstated the length: sample again over the frames that exist
+            self._meta[index] = dataclasses.replace(info, n_frames=short.n_decoded)
+            return decode_frames(path, tsn_indices(short.n_decoded, self.frames, train, rng))
+
+    def read_raw(self, index: int, indices: np.ndarray) -> torch.Tensor:
+        """Frames ``indices`` of video ``index`` through this dataset's decoder, uint8 ``[T, H, W, 3]``."""
+        backend, reader = self._reader()
+        if backend == "dali" and self._dali_can_read(index, reader):
+            info = self._info(index)
+            if isinstance(info, FrameFolderInfo):
+                (out,) = reader.frame_folders([info.files], [indices], "raw")
+            else:
+                (out,) = reader.videos([self._path(index)], [indices], "raw")
+            if isinstance(out, VideoReadError):
+                raise out
+            return out
+        return torch.from_numpy(self._pyav_raw(index, np.asarray(indices), False, np.random.default_rng(0)))
+
+    def _dali_can_read(self, index: int, reader) -> bool:
+        info = self._info(index)
+        if isinstance(info, FrameFolderInfo) or info.codec in reader.codecs:
+            return True
+        if info.codec not in self._warned_codecs:
+            self._warned_codecs.add(info.codec)
+            log.warning("DALI (%s) cannot decode %s videos such as %s: those are decoded with PyAV; transcode "
+                        "them with `python -m hr2g.prepare --to %s` to decode everything with DALI",
+                        reader.device, info.codec, self._path(index), "h264" if reader.device == "gpu" else "vp9")
+        return False
+
+    def _finish(self, frames: torch.Tensor, train: bool, rng: np.random.Generator) -> torch.Tensor:
+        """uint8 ``[T, H, W, 3]`` -> augmented / centre-cropped, CLIP-normalised ``[T, 3, S, S]``."""
+        x = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]
+        if train:
+            return train_transform(x, self.image_size, rng, flip=self.flip)
+        return eval_transform(x, self.image_size)
+
+    def clip(self, index: int, train: bool, rng: np.random.Generator) -> torch.Tensor:
+        (out,) = self.clips([index], train, rng)
+        if isinstance(out, VideoReadError):
+            raise out
+        return out
+
+    def clips(self, indices: list[int], train: bool, rng: np.random.Generator) -> list[torch.Tensor | VideoReadError]:
+        """Several clips in one go (one DALI run for all of them): each entry the clip of
+        ``indices[k]`` or the VideoReadError that stopped it.  The rng draws all TSN indices first,
+        then the augmentations, in order (a single clip: the same draws as :meth:`clip`)."""
+        backend, reader = self._reader()
+        out: dict[int, torch.Tensor | VideoReadError] = {}
+        plan: list[tuple[int, np.ndarray]] = []
+        for k, i in enumerate(indices):
+            try:
+                plan.append((k, self.frame_indices(int(i), train, rng)))
+            except VideoReadError as err:
+                out[k] = err
+        dali_videos, dali_frames = [], []
+        # with DALI on the GPU, clips PyAV has to decode (codecs DALI lacks) join the others there
+        device = reader.torch_device if backend == "dali" else torch.device("cpu")
+        for k, idx in plan:
+            i = int(indices[k])
+            if backend == "dali" and self._dali_can_read(i, reader):
+                (dali_frames if isinstance(self._info(i), FrameFolderInfo) else dali_videos).append((k, idx))
+                continue
+            try:
+                out[k] = torch.from_numpy(self._pyav_raw(i, idx, train, rng)).to(device)
+            except VideoReadError as err:
+                out[k] = err
+        mode = "raw" if train else "test"
+        if backend == "dali":
+            for group, read in ((dali_videos, reader.videos), (dali_frames, reader.frame_folders)):
+                if not group:
+                    continue
+                infos = [self._info(int(indices[k])) for k, _ in group]
+                sources = [info.files if isinstance(info, FrameFolderInfo) else self._path(int(indices[k]))
+                           for (k, _), info in zip(group, infos)]
+                res = read(sources, [idx for _, idx in group], mode, sizes=[(info.height, info.width) for info in infos])
+                out.update({k: r for (k, _), r in zip(group, res)})
+        done = {k for k, _ in dali_videos + dali_frames} if not train else set()  # DALI test output is final
+        result: list[torch.Tensor | VideoReadError] = []
+        for k in range(len(indices)):
+            r = out[k]
+            result.append(r if isinstance(r, VideoReadError) or k in done else self._finish(r, train, rng))
+        return result

@@ -1,0 +1,98 @@
+"""``python -m hr2g.prepare``: transcodes / extracts frames, keeps every frame, resumes without
+redoing work, and reports unreadable or missing inputs without stopping."""
+import numpy as np
+import pytest
+
+from hr2g import prepare
+from hr2g.data.base import tsn_indices
+from hr2g.data.prepare import Job, Options, output_path, run_jobs, scaled_size
+from hr2g.data.video import list_frames, probe_video, read_frame_files
+from tests.media import make_benchmark
+
+
+@pytest.fixture
+def raw(tmp_path):
+    """HMDB-style MPEG-4 AVIs (16-18 frames, 48x64) plus a corrupt and an empty 'video'."""
+    root = tmp_path / "raw"
+    media = make_benchmark(root, codec="mpeg4", n_frames=16)
+    (root / "videos/catch/broken.avi").write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    (root / "videos/catch/empty.avi").write_bytes(b"")
+    return root, media
+
+
+def report_lines(path):
+    return [line.split("\t") for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def snapshot(out):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*") if p.is_file()}
+
+
+def test_transcode_keeps_frames_resumes_and_reports(raw, tmp_path):
+    root, media = raw
+    out = tmp_path / "out"
+    argv = ["--src", str(root), "--out", str(out), "--to", "h264", "--short-side", "32", "--workers", "2", "--no-progress"]
+    assert prepare.main(argv) == 0
+    for (cls, vid), frames in media["frames"].items():
+        info = probe_video(out / "videos" / cls / f"{vid}.mp4")
+        assert (info.codec, info.n_frames, info.height, info.width) == ("h264", len(frames), 32, 42)
+    bad = dict(report_lines(out / "prepare_report.tsv"))
+    assert set(bad) == {"videos/catch/broken.avi", "videos/catch/empty.avi"}
+    assert "not a readable video container" in bad["videos/catch/broken.avi"] and "empty file" in bad["videos/catch/empty.avi"]
+    assert not list(out.rglob(".*.tmp-*")), "temporaries left behind"
+    before = snapshot(out)
+    assert prepare.main(argv) == 0  # resumed: nothing rewritten
+    after = snapshot(out)
+    assert {p: v for p, v in after.items() if p.suffix == ".mp4"} == {p: v for p, v in before.items() if p.suffix == ".mp4"}
+    jobs = [Job(root / "videos/Archery/Archery_v0.avi", out / "videos/Archery/Archery_v0.mp4", "a"),
+            Job(root / "videos/catch/broken.avi", out / "videos/catch/broken.mp4", "b")]
+    assert [o.status for o in run_jobs(jobs, Options("h264", 32), progress=False)] == ["skipped", "failed"]
+
+
+def test_interrupted_output_is_redone_and_stale_temporaries_removed(raw, tmp_path):
+    root, _ = raw
+    src = root / "videos/kick_ball/kick_ball_v1.avi"
+    dst = output_path(tmp_path / "out", src.relative_to(root), "vp9")
+    dst.parent.mkdir(parents=True)
+    stale = dst.with_name(f".{dst.name}.tmp-99999")
+    stale.write_bytes(b"half a webm")  # a crashed run's partial output, never renamed into place
+    (outcome,) = run_jobs([Job(src, dst, "k")], Options("vp9", 0), progress=False)
+    assert outcome.status == "done" and not stale.exists()
+    info = probe_video(dst)
+    assert (info.codec, info.n_frames, info.width, info.height) == ("vp9", 17, 64, 48)  # 0 = keep the size
+
+
+def test_jpeg_extraction_of_the_needed_frames_only(raw, tmp_path):
+    root, media = raw
+    out = tmp_path / "frames"
+    lst = root / "splits" / "test_few_shot.txt"
+    lines = lst.read_text().splitlines() + ["test0//videos/Archery/not_there.avi"]
+    lst.write_text("\n".join(lines) + "\n")
+    assert prepare.main(["--src", str(root), "--out", str(out), "--to", "jpeg", "--max-frames", "5", "--split-list",
+                         str(lst), "--workers", "1", "--no-progress"]) == 0
+    folders = sorted(p for p in (out / "videos").glob("*/*") if p.is_dir())
+    assert [f.name for f in folders] == [f"{c}_v{k}" for c in ("Archery", "kick_ball") for k in range(3)]  # listed only
+    src = media["frames"][("kick_ball", "kick_ball_v2")]
+    files = list_frames(out / "videos/kick_ball/kick_ball_v2")
+    got = read_frame_files(files, np.arange(len(files)))
+    want = tsn_indices(len(src), 5, train=False)  # the centre frames of 5 segments
+    nearest = np.abs(got[:, None].astype(int) - src[None].astype(int)).mean(axis=(2, 3, 4)).argmin(axis=1)
+    assert nearest.tolist() == want.tolist()
+    missing = dict(report_lines(out / "prepare_report.tsv"))
+    assert "not found under" in missing["videos/Archery/not_there.avi"]
+    assert (out / "splits" / "test_few_shot.txt").read_text() == lst.read_text()  # --data-root out finds it
+
+
+def test_scaled_size_and_cli_errors(tmp_path):
+    assert scaled_size(320, 240, 256) == (320, 240)  # never upscaled
+    assert scaled_size(640, 360, 256) == (456, 256) and scaled_size(341, 257, 256) == (340, 256)
+    assert scaled_size(64, 48, 0) == (64, 48)
+    with pytest.raises(SystemExit) as err:
+        prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--split-dir", str(tmp_path)])
+    assert err.value.code == 2  # argparse: --split-dir needs --dataset
+    with pytest.raises(SystemExit, match="is not a folder"):
+        prepare.main(["--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="no train split list"):
+        prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--dataset", "hmdb51", "--split-dir",
+                      str(tmp_path)])
+    assert prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]) == 1  # no videos

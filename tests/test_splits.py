@@ -1,0 +1,204 @@
+"""Split-list parsing (three formats), class names, presets, locating videos, root validation --
+on small hand-written lists and on the real released lists when ``../shared/splits`` exists."""
+import contextlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hr2g.data.presets import PRESETS, find_label_file, find_split_file, get_preset
+from hr2g.data.splits import detect_format, locate_videos, prompt_name, read_split, validate_root
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real split lists not present at {SHARED}")
+
+# README of the released lists: (classes, videos) per split
+COUNTS = {
+    "hmdb51": {"train": (31, 4280), "val": (10, 1194), "test": (10, 1292)},
+    "ucf101": {"train": (70, 9154), "val": (10, 1421), "test": (21, 2745)},
+    "kinetics100": {"train": (64, 6400), "val": (12, 1200), "test": (24, 2400)},
+    "ssv2_small": {"train": (64, 6400), "val": (12, 1200), "test": (24, 2400)},
+    "ssv2_full": {"train": (64, 67013), "val": (12, 1926), "test": (24, 2857)},
+}
+TRX = {"hmdb51": "hmdb_ARN/{s}list03", "ucf101": "ucf_ARN/{s}list03", "kinetics100": "kinetics_CMN/{s}list03",
+       "ssv2_small": "ssv2_CMN/{s}list03", "ssv2_full": "ssv2_OTAM/{s}list07"}
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("raw, name", [("brush_hair", "brush hair"), ("ApplyEyeMakeup", "apply eye makeup"),
+                                        ("blasting_sand", "blasting sand"), ("Archery", "archery"),
+                                        ("YoYo", "yo yo"), ("kick_ball", "kick ball"), ("air drumming", "air drumming"),
+                                        ("Pouring something into something", "Pouring something into something")])
+def test_prompt_names(raw, name):
+    assert prompt_name(raw) == name
+
+
+def test_indexed_path_list(tmp_path):
+    f = write(tmp_path / "train_few_shot.txt", ["train0//videos/brush_hair/a.avi", "train0//videos/brush_hair/b.avi",
+                                               "train1//videos/ApplyEyeMakeup/v_1.avi", "", "train2//videos/catch/c d.avi"])
+    s = read_split(f)
+    assert (s.name, s.format, len(s)) == ("train", "indexed_path", 4)
+    assert s.labels.tolist() == [0, 0, 1, 2] and s.labels.dtype == np.int64
+    assert s.class_names == ["brush hair", "apply eye makeup", "catch"]
+    assert s.folders == ["brush_hair", "ApplyEyeMakeup", "catch"]
+    assert s.videos[3] == "videos/catch/c d.avi"
+
+
+def test_named_list_with_spaces_and_first_appearance_order(tmp_path):
+    f = write(tmp_path / "vallist03.txt", ["Pouring something into something/51958",
+                                           "Holding something behind something/511",
+                                           "Pouring something into something/7\r", "air drumming/-VtL_0012"])
+    s = read_split(f)
+    assert (s.name, s.format) == ("val", "named")
+    assert s.class_names == ["Pouring something into something", "Holding something behind something", "air drumming"]
+    assert s.labels.tolist() == [0, 1, 0, 2] and s.videos == ["51958", "511", "7", "-VtL_0012"]
+
+
+def test_indexed_id_list_names_from_a_named_list_or_a_names_file(tmp_path):
+    f = write(tmp_path / "test_few_shot.txt", ["test1/88", "test0/7", "test1/90", "test2/5"])
+    named = write(tmp_path / "testlist03.txt", ["Twisting something/7", "Poking a hole/88", "Poking a hole/90",
+                                                "Tearing/5"])
+    s = read_split(f, label_file=named)
+    assert s.format == "indexed_id" and s.labels.tolist() == [1, 0, 1, 2]
+    assert s.class_names == ["Twisting something", "Poking a hole", "tearing"]  # one word: folder style
+    per_line = write(tmp_path / "classes.txt", ["zero", "one", "two"])
+    assert read_split(f, label_file=per_line).class_names == ["zero", "one", "two"]
+    with pytest.warns(UserWarning, match="no label file.*'class 0'"):
+        assert read_split(f).class_names == ["class 0", "class 1", "class 2"]
+    with pytest.raises(ValueError, match="needs 3 lines"):
+        read_split(f, label_file=write(tmp_path / "two.txt", ["a", "b"]))
+    clash = write(tmp_path / "clash.txt", ["A/7", "B/88", "C/90", "D/5"])
+    with pytest.raises(ValueError, match="class index 1 .* two names"):
+        read_split(f, label_file=clash)
+
+
+def test_format_detection_and_errors(tmp_path):
+    assert detect_format(["train0//videos/a/b.avi"]) == "indexed_path"
+    assert detect_format(["train8/78687", "train50/42326"]) == "indexed_id"
+    assert detect_format(["train8/78687", "catch/x"]) == "named"
+    with pytest.raises(ValueError, match=r"bad\.txt:2: .* is not a indexed_path line"):
+        read_split(write(tmp_path / "bad.txt", ["train0//videos/a/b.avi", "train1/x"]), fmt="indexed_path")
+    with pytest.raises(ValueError, match="mix splits"):
+        read_split(write(tmp_path / "mix.txt", ["train0/1", "test0/2"]))
+    with pytest.raises(ValueError, match="expected the val split"):
+        read_split(write(tmp_path / "t.txt", ["train0/1"]), split="val")
+    with pytest.raises(ValueError, match=r"without gaps; no video has class \[1\]"):
+        read_split(write(tmp_path / "gap.txt", ["train0/1", "train2/2"]))
+    with pytest.raises(ValueError, match="class index 0 names two folders"):
+        read_split(write(tmp_path / "two.txt", ["train0//v/a/x.avi", "train0//v/b/y.avi"]))
+    with pytest.raises(ValueError, match="cannot tell the split"):
+        read_split(write(tmp_path / "list.txt", ["a/b"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_split(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="is empty"):
+        read_split(write(tmp_path / "empty.txt", ["", "# comment"]))
+
+
+def test_locate_and_validate_root(tmp_path):
+    root = tmp_path / "data"
+    for rel in ["videos/brush_hair/a.avi", "videos/brush_hair/b.mp4", "videos/catch/c.webm"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "videos/catch/d").mkdir()  # a frame folder
+    lst = write(tmp_path / "train_few_shot.txt", ["train0//videos/brush_hair/a.avi", "train0//videos/brush_hair/b.avi",
+                                                  "train1//videos/catch/c.avi", "train1//videos/catch/d.avi",
+                                                  "train1//videos/catch/gone.avi"])
+    s = read_split(lst)
+    found = locate_videos(root, s, get_preset("hmdb51"))
+    assert [p.relative_to(root).as_posix() if p else None for p in found] == [
+        "videos/brush_hair/a.avi", "videos/brush_hair/b.mp4", "videos/catch/c.webm", "videos/catch/d", None]
+    rep = validate_root(root, s, get_preset("hmdb51"))
+    assert not rep.ok and rep.found == 4 and rep.missing == ["videos/catch/gone.avi"]
+    assert "1 of 5 videos missing" in rep.message() and "videos/catch/gone.avi" in rep.message()
+    # root = the videos/ folder itself; TRX-style names with spaces map to underscore folders
+    named = read_split(write(tmp_path / "trainlist03.txt", ["brush hair/a", "catch/d"]))
+    assert [p.name for p in locate_videos(root / "videos", named, get_preset("kinetics100"))] == ["a.avi", "d"]
+    assert validate_root(root / "videos", read_split(lst), get_preset("hmdb51")).found == 4
+    empty = validate_root(tmp_path, s, get_preset("hmdb51"))
+    assert empty.found == 0 and "none at all" in empty.message()
+    with pytest.raises(FileNotFoundError, match="does not exist or is not a folder"):
+        validate_root(tmp_path / "nope", s)
+
+
+def test_flat_ssv2_layout(tmp_path):
+    for vid in ("51958.webm", "7.mp4"):
+        (tmp_path / "20bn-something-something-v2").mkdir(exist_ok=True)
+        (tmp_path / "20bn-something-something-v2" / vid).write_bytes(b"x")
+    (tmp_path / "88").mkdir()
+    s = read_split(write(tmp_path / "trainlist03.txt", ["Pouring something/51958", "Holding/7", "Holding/88", "Holding/9"]))
+    got = locate_videos(tmp_path, s, get_preset("ssv2_small"))
+    assert [p.name if p else None for p in got] == ["51958.webm", "7.mp4", "88", None]
+
+
+def test_presets_flip_and_split_file_lookup(tmp_path):
+    assert not PRESETS["ssv2_small"].flip and not PRESETS["ssv2_full"].flip and PRESETS["hmdb51"].flip
+    (tmp_path / "trx" / "ssv2_CMN").mkdir(parents=True)
+    (tmp_path / "clipfsar" / "ssv2_small").mkdir(parents=True)
+    write(tmp_path / "clipfsar/ssv2_small/val_few_shot.txt", ["val0/1"])
+    write(tmp_path / "trx/ssv2_CMN/vallist03.txt", ["Moving something/1"])
+    p = get_preset("ssv2_small")
+    lst = find_split_file(p, tmp_path, "val")
+    assert lst == tmp_path / "clipfsar/ssv2_small/val_few_shot.txt"
+    assert find_label_file(p, tmp_path, "val", exclude=lst) == tmp_path / "trx/ssv2_CMN/vallist03.txt"
+    with pytest.raises(FileNotFoundError, match=r"no test split list .*test_few_shot.txt"):
+        find_split_file(p, tmp_path, "test")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        get_preset("hmdb")
+
+
+# --------------------------------------------------------------------------- the real lists
+
+
+@needs_shared
+@pytest.mark.parametrize("dataset", list(COUNTS))
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_real_lists_counts_and_formats_agree(dataset, split):
+    want_classes, want_videos = COUNTS[dataset][split]
+    preset = get_preset(dataset)
+    clip_path = find_split_file(preset, SHARED, split)  # CLIP-FSAR list first
+    assert clip_path == SHARED / "clipfsar" / dataset / f"{split}_few_shot.txt"
+    label = find_label_file(preset, SHARED, split, exclude=clip_path)
+    if dataset == "ssv2_full":  # no public names list for the OTAM split: placeholders with a warning
+        assert label is None
+        with pytest.warns(UserWarning, match="no label file"):
+            clip = read_split(clip_path, split)
+    else:
+        clip = read_split(clip_path, split, label_file=label)
+    with pytest.warns(UserWarning) if dataset == "ssv2_full" else _no_warning():
+        trx = read_split(SHARED / "trx" / (TRX[dataset].format(s=split) + ".txt"))
+    for s in (clip, trx):
+        assert s.name == split and (s.num_classes, len(s)) == (want_classes, want_videos)
+        assert sorted(set(s.labels.tolist())) == list(range(want_classes))
+    # both releases index the classes the same way and name them the same
+    assert clip.class_names == trx.class_names
+    expected_format = {"ssv2_small": "indexed_id", "ssv2_full": "indexed_id"}.get(dataset, "indexed_path")
+    assert clip.format == expected_format
+    assert trx.format == ("indexed_id" if dataset == "ssv2_full" else "named")
+    if dataset in ("hmdb51", "ucf101", "kinetics100"):  # documented: index = alphabetical folder order
+        assert clip.folders == sorted(clip.folders)
+    if dataset == "ssv2_small":  # the same videos, with the same labels, in both lists
+        assert dict(zip(clip.videos, clip.labels.tolist())) == dict(zip(trx.videos, trx.labels.tolist()))
+    if dataset == "ssv2_full":
+        assert clip.videos == trx.videos and np.array_equal(clip.labels, trx.labels)
+
+
+@needs_shared
+def test_real_lists_readable_names():
+    hmdb = read_split(SHARED / "clipfsar/hmdb51/train_few_shot.txt")
+    ucf = read_split(SHARED / "clipfsar/ucf101/train_few_shot.txt")
+    k100 = read_split(SHARED / "clipfsar/kinetics100/test_few_shot.txt")
+    assert hmdb.class_names[0] == "brush hair" and ucf.class_names[0] == "apply eye makeup"
+    assert k100.class_names[0] == "blasting sand"
+    assert all(n == n.lower() and "_" not in n for n in hmdb.class_names + ucf.class_names + k100.class_names)
+
+
+@contextlib.contextmanager
+def _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
