@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -195,7 +196,7 @@ def _coerce(tp, raw):
     args = typing.get_args(tp)
     if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and type(None) in args):
         return None
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] and X | None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(inner, raw)
     if origin is tuple:

@@ -6,6 +6,7 @@ The knowledge bank is frozen: evaluation asserts it is bit-identical afterwards.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], devic
     return rows, feats, failed
 
 
-def _repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec:
+def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec:
     """Replace unreadable videos (``bad``) of an episode with other videos of the same class."""
     used = set(spec.support.tolist() + spec.query.tolist())
     if not used & bad:
@@ -78,6 +79,28 @@ def _repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.r
         return arr
 
     return EpisodeSpec(spec.classes, fix(spec.support), fix(spec.query))
+
+
+@torch.no_grad()
+def episode_accuracies(model: HR2G, feats: torch.Tensor, rows: dict[int, int], specs: list[EpisodeSpec],
+                       text_all: torch.Tensor, n_way: int, k_shot: int, q_query: int, batch_episodes: int, amp: bool,
+                       progress: bool = False) -> np.ndarray:
+    """Per-episode accuracy of ``specs`` from cached encoder features ``feats`` (video index -> row
+    ``rows``), ``batch_episodes`` episodes per head call; ``text_all`` holds every class's text feature."""
+    device = feats.device
+    labels = torch.arange(n_way, device=device).repeat_interleave(q_query)  # [L], class-major queries
+    accs = []
+    bar = tqdm(range(0, len(specs), batch_episodes), desc=f"{n_way}-way {k_shot}-shot episodes", disable=not progress,
+               dynamic_ncols=True)
+    for start in bar:
+        batch = specs[start : start + batch_episodes]
+        sup = torch.as_tensor(np.stack([[rows[int(i)] for i in s.support] for s in batch]), device=device)  # [E, N*K]
+        qry = torch.as_tensor(np.stack([[rows[int(i)] for i in s.query] for s in batch]), device=device)  # [E, L]
+        cls = torch.as_tensor(np.stack([s.classes for s in batch]), device=device)  # [E, N]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model.head(feats[sup], feats[qry], text_all[cls], k_shot)  # logits [E, L, N]
+        accs.append((out.logits.argmax(-1) == labels).float().mean(-1).cpu())
+    return torch.cat(accs).numpy()
 
 
 @torch.no_grad()
@@ -105,22 +128,9 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
         failed.update(failed2)
         bad = set(range(len(dataset))) - set(rows)
         rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
-        specs = [_repair(s, bad, sampler, rng) for s in specs]
-    names = dataset.class_names
-    text_all = model.text_features(names)  # [classes, C]
-    accs = []
-    bar = tqdm(range(0, episodes, batch_episodes), desc=f"{n_way}-way {k_shot}-shot episodes", disable=not progress,
-               dynamic_ncols=True)
-    for start in bar:
-        batch = specs[start : start + batch_episodes]
-        sup = torch.as_tensor(np.stack([[rows[int(i)] for i in s.support] for s in batch]), device=device)
-        qry = torch.as_tensor(np.stack([[rows[int(i)] for i in s.query] for s in batch]), device=device)
-        cls = torch.as_tensor(np.stack([s.classes for s in batch]), device=device)  # [E, N]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model.head(feats[sup], feats[qry], text_all[cls], k_shot)  # logits [E, L, N]
-        labels = torch.arange(n_way, device=device).repeat_interleave(q_query)
-        accs.append((out.logits.argmax(-1) == labels).float().mean(-1).cpu())
-    acc = torch.cat(accs).numpy()
+        specs = [repair(s, bad, sampler, rng) for s in specs]
+    text_all = model.text_features(dataset.class_names)  # [classes, C]
+    acc = episode_accuracies(model, feats, rows, specs, text_all, n_way, k_shot, q_query, batch_episodes, amp, progress)
     if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):
         raise AssertionError("evaluation changed the knowledge bank; it must be frozen at test time")
     model.train(was_training)
@@ -129,6 +139,8 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
 
 def load_model(checkpoint: dict, device: torch.device) -> tuple[HR2G, Config]:
     cfg = Config.from_dict(checkpoint["config"])
-    model = HR2G(cfg.model, cfg.data.frames)
+    # the checkpoint holds every weight, frozen CLIP included: build the tower with random init
+    # instead of loading (offline: failing to download) pretrained weights only to overwrite them
+    model = HR2G(dataclasses.replace(cfg.model, pretrained=None), cfg.data.frames)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), cfg

@@ -138,3 +138,14 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(SystemExit, match="does not exist"):
         evaluate_cli.main(["--checkpoint", str(tmp_path / "nope.pt")])
+
+
+def test_config_round_trips_optional_string_fields():
+    from hr2g.config import Config
+    from hr2g.configs import get_preset
+
+    cfg = get_preset("hmdb51", shots=5)
+    cfg.data.data_root, cfg.data.split_dir = "/data/hmdb51", "/data/splits"
+    back = Config.from_dict(cfg.to_dict())
+    assert back.model.pretrained == "openai" and back.data.data_root == "/data/hmdb51" and back.data.k_shot == 5
+    assert back.to_dict() == cfg.to_dict()

@@ -1,0 +1,67 @@
+"""Loading a trained checkpoint for the commands that use one (sweep, plots, predict).
+
+The same flags everywhere -- ``--checkpoint``, ``--device``, ``--backend`` / ``--fused`` and the
+data overrides ``--data-root`` / ``--split-dir`` / ``--split`` -- and errors that name the flag.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hr2g.config import BACKEND_CHOICES, Config
+from hr2g.data.base import VideoDataset
+from hr2g.model.model import HR2G
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by hr2g.train (last.pt or best.pt)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: cuda if available)")
+    p.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
+                   help="op backend override (default: the checkpoint's, normally torch)")
+    p.add_argument("--fused", action="store_true", help="use the fused kernels where they apply (backend auto)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to use (default: eval.split, test)")
+    p.add_argument("--data-root", default=None, help="override the dataset root stored in the checkpoint")
+    p.add_argument("--split-dir", default=None, help="override the split-list folder stored in the checkpoint")
+
+
+def set_backend(model: HR2G, cfg: Config, backend: str) -> None:
+    """Switch every op of a built model (ISC, IKT, OTAM) to ``backend``."""
+    cfg.model.backend = backend
+    for m in model.modules():
+        if hasattr(m, "backend"):
+            m.backend = backend
+
+
+def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
+    """(model in eval mode on its device, its config, the device) from ``add_checkpoint_args`` flags."""
+    from hr2g import checkpoint
+    from hr2g.evaluation import load_model
+    from hr2g.training import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        ckpt = checkpoint.load(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: --checkpoint: {exc}") from None
+    model, cfg = load_model(ckpt, device)
+    if args.fused or args.backend:
+        set_backend(model, cfg, args.backend or "auto")
+    return model, cfg, device
+
+
+def dataset_from_args(cfg: Config, args: argparse.Namespace) -> VideoDataset:
+    """The split named by ``--split`` (default ``eval.split``), with ``--data-root`` / ``--split-dir`` applied."""
+    from hr2g.data.build import build_dataset
+
+    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir)):
+        if val:
+            setattr(cfg.data, key, val)
+    try:
+        cfg.validate()
+        return build_dataset(cfg.data, args.split or cfg.eval.split)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc} (check --data-root / --split-dir)") from None

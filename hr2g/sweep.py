@@ -1,0 +1,182 @@
+"""``python -m hr2g.sweep``: accuracy over a grid of N-way x K-shot settings (paper Fig. 8).
+
+    python -m hr2g.sweep --checkpoint runs/tiny/best.pt --ways 5 10 --shots 1 2 3 4 5 --episodes 2000
+    python -m hr2g.sweep --checkpoint C --ways 5 6 7 8 9 10 --shots 1 --out results/fig8_nway
+
+Every video the grid needs is encoded once, for all grid points together; each point then runs
+its own fixed, seeded episode list through the batched head.  A grid point gives exactly what
+``python -m hr2g.evaluate --ways N --shots K`` gives with the same seed and episode count (the
+episode lists are identical; tests/test_sweep.py checks it episode by episode).  Writes
+``sweep.csv``, ``sweep.json`` and ``sweep.md`` (a ways x shots grid of accuracy ± 95% CI).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hr2g.config import Config
+from hr2g.data.base import VideoDataset
+from hr2g.data.episodes import EpisodeSampler
+from hr2g.evaluation import confidence95, encode_dataset, episode_accuracies, repair
+from hr2g.model.model import HR2G
+
+log = logging.getLogger("hr2g.sweep")
+
+
+@dataclass
+class SweepPoint:
+    n_way: int
+    k_shot: int
+    q_query: int
+    episodes: int
+    accuracy: float  # mean episode accuracy, %
+    ci95: float  # half-width of the 95% confidence interval, %
+    chance: float  # 100 / N, %
+    seed: int
+    split: str
+    per_episode: np.ndarray | None = field(default=None, repr=False)  # [episodes] accuracy of each episode (not tabulated)
+
+    def row(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_episode"}
+
+
+def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query: int, split: str) -> dict:
+    """One sampler per grid point; an impossible point stops before anything is encoded."""
+    samplers = {}
+    for n in ways:
+        for k in shots:
+            try:
+                samplers[n, k] = EpisodeSampler(dataset.labels, n, k, q_query, split=split)
+            except ValueError as exc:
+                raise ValueError(f"grid point {n}-way {k}-shot cannot be sampled: {exc}") from None
+    return samplers
+
+
+@torch.no_grad()
+def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shots: list[int], episodes: int, seed: int,
+          q_query: int | None = None, batch_episodes: int | None = None, split: str = "test",
+          progress: bool = True) -> list[SweepPoint]:
+    """Accuracy ± 95% CI of ``model`` at every (N, K) of ``ways`` x ``shots``, features encoded once."""
+    q_query = q_query or cfg.data.test_q_query
+    batch_episodes = batch_episodes or cfg.eval.batch_episodes
+    samplers = _samplers(dataset, ways, shots, q_query, split)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    amp = cfg.train.amp and device.type == "cuda"
+    bank_before = model.ikt.bank.clone() if model.ikt is not None else None
+    specs = {nk: s.fixed(episodes, seed) for nk, s in samplers.items()}
+    needed = sorted({int(i) for ss in specs.values() for s in ss for i in np.concatenate([s.support, s.query])})
+    log.info("%d grid points, %d episodes each: encoding %d of the split's %d videos once", len(specs), episodes,
+             len(needed), len(dataset))
+    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
+    if failed:  # as evaluate_model: encode the rest, repaired episodes draw replacements from the whole split
+        extra = sorted(set(range(len(dataset))) - set(needed))
+        rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
+        rows.update({i: r + len(feats) for i, r in rows2.items()})
+        feats = torch.cat([feats, feats2])
+        failed.update(failed2)
+        bad = set(range(len(dataset))) - set(rows)
+        for nk in specs:  # the same seeded repair rng per point as evaluate_model: identical episodes
+            rng = np.random.default_rng([seed, 1])
+            specs[nk] = [repair(s, bad, samplers[nk], rng) for s in specs[nk]]
+        log.warning("%d unreadable videos were replaced by other videos of their class", len(failed))
+    text_all = model.text_features(dataset.class_names)  # [classes, C]
+    results = []
+    for (n, k), ss in tqdm(specs.items(), desc="grid points", disable=not progress, dynamic_ncols=True):
+        acc = episode_accuracies(model, feats, rows, ss, text_all, n, k, q_query, batch_episodes, amp)
+        point = SweepPoint(n, k, q_query, len(acc), round(100 * float(acc.mean()), 2), round(100 * confidence95(acc), 2),
+                           round(100 / n, 2), seed, split, acc)
+        log.info("%d-way %d-shot: %.2f ± %.2f %% (chance %.1f %%)", n, k, point.accuracy, point.ci95, point.chance)
+        results.append(point)
+    if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):
+        raise AssertionError("the sweep changed the knowledge bank; it must be frozen at test time")
+    model.train(was_training)
+    return results
+
+
+def markdown_grid(points: list[SweepPoint]) -> str:
+    """Rows N-way, columns K-shot, cells ``accuracy ± ci``."""
+    ways = sorted({p.n_way for p in points})
+    shots = sorted({p.k_shot for p in points})
+    cell = {(p.n_way, p.k_shot): f"{p.accuracy:.2f} ± {p.ci95:.2f}" for p in points}
+    lines = ["| N-way \\ K-shot | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for n in ways:
+        lines.append(f"| {n}-way | " + " | ".join(cell.get((n, k), "") for k in shots) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(points: list[SweepPoint], out: Path, header: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "sweep.csv", "json": out / "sweep.json", "md": out / "sweep.md"}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(points[0].row()))
+        writer.writeheader()
+        writer.writerows(p.row() for p in points)
+    paths["json"].write_text(json.dumps([p.row() for p in points], indent=2) + "\n")
+    paths["md"].write_text(f"{header}\n\n{markdown_grid(points)}\n")
+    return paths
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from hr2g.inference import add_checkpoint_args, add_data_args
+
+    p = argparse.ArgumentParser(prog="python -m hr2g.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(p)
+    add_data_args(p)
+    p.add_argument("--ways", type=int, nargs="+", default=[5], help="N values, classes per episode (default: 5)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="K values, supports per class (default: 1 2 3 4 5)")
+    p.add_argument("--queries", type=int, default=None, help="queries per class (default: data.test_q_query)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per grid point (default: eval.episodes)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the episode lists (default: eval.seed)")
+    p.add_argument("--batch-episodes", type=int, default=None, help="episodes per batched head call (default: eval.batch_episodes)")
+    p.add_argument("--out", default=None, help="folder for sweep.csv / .json / .md (default: <checkpoint folder>/sweep)")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    args = p.parse_args(argv)
+    for flag, values in (("--ways", args.ways), ("--shots", args.shots)):
+        low = 2 if flag == "--ways" else 1
+        if any(v < low for v in values):
+            p.error(f"{flag} expects integers >= {low}, got {values}")
+    for flag, value in (("--queries", args.queries), ("--episodes", args.episodes), ("--batch-episodes", args.batch_episodes)):
+        if value is not None and value < 1:
+            p.error(f"{flag} expects an integer >= 1, got {value}")
+    return args
+
+
+def main(argv=None) -> list[SweepPoint]:
+    args = parse_args(argv)
+    from hr2g.cli import setup_logging
+    from hr2g.inference import dataset_from_args, load_trained
+
+    setup_logging()
+    model, cfg, device = load_trained(args)
+    split = args.split or cfg.eval.split
+    dataset = dataset_from_args(cfg, args)
+    episodes = args.episodes or cfg.eval.episodes
+    seed = cfg.eval.seed if args.seed is None else args.seed
+    try:
+        points = sweep(model, dataset, cfg, sorted(set(args.ways)), sorted(set(args.shots)), episodes, seed,
+                       q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
+    header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {episodes} episodes per point, "
+              f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
+    paths = write_tables(points, out, header)
+    print(header)
+    print(markdown_grid(points))
+    print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}")
+    return points
+
+
+if __name__ == "__main__":
+    main()

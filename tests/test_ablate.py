@@ -1,0 +1,90 @@
+"""The ablation runner (``python -m hr2g.ablate``): a real Table-4 study on the tiny config (CPU)."""
+import csv
+import json
+
+import pytest
+
+from hr2g import ablate
+from hr2g.configs import get_preset
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--episodes", "4",
+        "--set", "data.frames=4", "--set", "data.synthetic_videos_per_class=6", "--set", "data.q_query=2",
+        "--set", "train.epochs=1", "--set", "train.episodes_per_epoch=2", "--set", "train.val_episodes=0",
+        "--set", "train.milestones=1"]
+
+
+@pytest.fixture(scope="module")
+def table4(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate")
+    rows = ablate.main(["--study", "table4", "--out", str(out)] + TINY)
+    return out, rows
+
+
+def _count_trainings(monkeypatch) -> list:
+    import hr2g.training
+
+    calls, real = [], hr2g.training.train
+    monkeypatch.setattr(hr2g.training, "train", lambda cfg, **kw: (calls.append(cfg.train.out_dir), real(cfg, **kw))[1])
+    return calls
+
+
+def test_table4_trains_and_evaluates_every_variant_into_one_table(table4):
+    out, rows = table4
+    table = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["variant"] for r in table] == ["baseline", "isc", "ikt", "isc+ikt"] == [r["variant"] for r in rows]
+    for r in table:
+        assert r["study"] == "table4" and int(r["episodes"]) == 4 and int(r["n_way"]) == 5
+        assert 0.0 <= float(r["accuracy"]) <= 100.0 and float(r["ci95"]) >= 0.0
+        assert (out / r["checkpoint"]).is_file() and not r["reused_from"]
+    # the overrides reached the trained models: switches in each run's config, and the modules'
+    # parameters add up (ISC and IKT are independent blocks on top of the baseline)
+    for r in table:
+        stored = json.loads((out / "table4" / r["variant"] / "run" / "config.json").read_text())["model"]
+        assert (stored["isc"], stored["ikt"]) == {"baseline": (False, False), "isc": (True, False), "ikt": (False, True),
+                                                  "isc+ikt": (True, True)}[r["variant"]]
+    p = {r["variant"]: int(r["trainable_params"]) for r in table}
+    assert p["baseline"] < p["isc"] and p["baseline"] < p["ikt"]
+    assert p["isc+ikt"] - p["baseline"] == (p["isc"] - p["baseline"]) + (p["ikt"] - p["baseline"])
+    md = (out / "results.md").read_text()
+    assert "Table 4: components" in md and md.count("| isc") == 2 and "| baseline |" in md
+
+
+def test_rerunning_skips_finished_variants_and_identical_configs_are_shared(table4, monkeypatch):
+    out, rows = table4
+    calls = _count_trainings(monkeypatch)
+    again = ablate.main(["--study", "table4", "--out", str(out)] + TINY)
+    assert calls == [] and again == rows
+    # Table 10's default order is Table 4's full model: reused; only ikt-isc trains
+    t10 = ablate.main(["--study", "table10", "--out", str(out)] + TINY)
+    assert [r["variant"] for r in t10] == ["isc-ikt", "ikt-isc"] and len(calls) == 1 and "ikt-isc" in calls[0]
+    assert t10[0]["reused_from"] == "table4/isc+ikt" and t10[0]["accuracy"] == rows[3]["accuracy"]
+    assert json.loads((out / "table10" / "ikt-isc" / "run" / "config.json").read_text())["model"]["order"] == "ikt-isc"
+    assert [r["study"] for r in csv.DictReader(open(out / "results.csv"))] == ["table4"] * 4 + ["table10"] * 2
+
+
+def test_a_changed_configuration_stops_instead_of_mixing_results(table4):
+    out, _ = table4
+    with pytest.raises(SystemExit, match=r"different configuration \(train.lr: 0.001 -> 0.002\).*--rerun"):
+        ablate.main(["--study", "table4", "--out", str(out), "--set", "train.lr=0.002"] + TINY)
+
+
+def test_every_study_variant_is_a_valid_configuration():
+    base = get_preset("tiny")
+    for study in ablate.STUDIES.values():
+        names = [v.name for v in study.variants]
+        assert len(set(names)) == len(names), study.name
+        configs = [json.dumps(ablate.variant_config(base, v).to_dict(), sort_keys=True) for v in study.variants]
+        assert len(set(configs)) == len(configs), f"{study.name}: two variants train the same model"
+    assert set(ablate.STUDIES) == {"table4", "table5", "table6", "table7", "table8", "table9", "table10", "table12"}
+
+
+def test_unknown_study_names_the_flag_and_the_choices(capsys):
+    with pytest.raises(SystemExit) as exc:
+        ablate.main(["--study", "table11"])
+    assert exc.value.code == 2 and "--study: unknown ['table11']; choose from table4" in capsys.readouterr().err
+
+
+def test_list_prints_the_variants(capsys):
+    assert ablate.main(["--study", "table9", "--list"]) == []
+    out = capsys.readouterr().out
+    assert "mu=0.999" in out and "model.ikt_bank_size=100" in out

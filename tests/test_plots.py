@@ -1,0 +1,148 @@
+"""Figures (``python -m hr2g.plots``): the numerical parts always, the drawing when matplotlib is installed."""
+import importlib.util
+import itertools
+import sys
+
+import numpy as np
+import pytest
+
+from hr2g import plots
+from hr2g.training import train
+from tests.helpers import tiny_config
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+needs_mpl = pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed (pip install matplotlib, or the plots extra)")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("plots"))  # 2 epochs x 3 steps, a log row per step, validation
+    summary = train(cfg, progress=False)
+    return cfg, summary
+
+
+def _brute_force_path(dist):
+    la, lb = dist.shape
+    best = (np.inf, None)
+    for start in range(la):
+        for moves in itertools.product((0, 1), repeat=lb - 1):
+            rows = start + np.concatenate([[0], np.cumsum(moves, dtype=np.int64)]).astype(np.int64)
+            if rows[-1] < la:
+                best = min(best, (dist[rows, np.arange(lb)].sum(), tuple(rows)), key=lambda b: b[0])
+    return best
+
+
+@pytest.mark.parametrize("la, lb", [(1, 5), (5, 1), (4, 6), (7, 5), (6, 6)])
+def test_otam_path_is_the_cheapest_monotone_path(la, lb):
+    rng = np.random.default_rng(la * 10 + lb)
+    for _ in range(5):
+        dist = rng.random((la, lb))
+        rows, cost = plots.otam_path(dist)
+        want_cost, want_rows = _brute_force_path(dist)
+        assert np.all(np.diff(rows) >= 0) and np.all(np.diff(rows) <= 1) and 0 <= rows.min() and rows.max() < la
+        assert cost == pytest.approx(want_cost, abs=1e-12) and dist[rows, np.arange(lb)].sum() == pytest.approx(cost)
+        assert tuple(rows) == want_rows  # random distances: the optimum is unique
+
+
+def test_tsne_calibrates_perplexity_and_keeps_clusters_apart():
+    rng = np.random.default_rng(0)
+    centers = 3 * rng.normal(size=(4, 40))
+    x = np.concatenate([c + rng.normal(size=(25, 40)) for c in centers])
+    labels = np.repeat(np.arange(4), 25)
+    sq = (x * x).sum(1)
+    p = plots._conditional_p(sq[:, None] + sq[None] - 2 * x @ x.T, 12.0)
+    assert np.allclose(p.sum(1), 1) and np.all(np.diag(p) == 0)
+    entropy = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1)
+    assert np.abs(np.exp(entropy) - 12.0).max() < 1e-2  # every row's perplexity is the requested one
+    y, kl = plots.tsne(x, perplexity=12, iters=400, seed=1)
+    assert y.shape == (100, 2) and np.isfinite(y).all() and 0 < kl < 2
+    d = ((y[:, None] - y[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    neighbours = np.argsort(d, axis=1)[:, :5]
+    assert (labels[neighbours] == labels[:, None]).mean() == 1.0  # 5 nearest neighbours in 2-D share the class
+    with pytest.raises(ValueError, match="limited to 2000 points, got 2001"):
+        plots.tsne(np.zeros((2001, 2)))
+
+
+def test_read_log_separates_step_rows_from_epoch_rows(run, tmp_path):
+    cfg, _ = run
+    d = plots.read_log(cfg.train.out_dir)
+    assert d["steps_per_epoch"] == 3
+    assert d["step_x"].tolist() == [1, 2, 3, 4, 5, 6] and d["epoch_x"].tolist() == [3, 6] and d["epoch"].tolist() == [1, 2]
+    assert np.isfinite(d["val_acc"]).all() and np.isfinite(d["step_loss"]).all()
+    # log_every == steps per epoch: a step row and the epoch row share (epoch, step) values
+    path = tmp_path / "log.csv"
+    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    body = ["0,4,1.6,0.2,0.001,3,0,1.0,", "1,4,1.6,0.2,0.001,12,0,1.1,0.30", "1,4,1.5,0.3,0.001,15,0,2.0,",
+            "2,4,1.5,0.3,0.0001,24,0,2.1,"]
+    path.write_text(head + "\n".join(body) + "\n")
+    d = plots.read_log(path)
+    assert d["step_x"].tolist() == [4, 8] and d["epoch_x"].tolist() == [4, 8]
+    assert d["val_acc"][0] == pytest.approx(0.30) and np.isnan(d["val_acc"][1])
+    with pytest.raises(FileNotFoundError, match="no training log"):
+        plots.read_log(tmp_path / "nothing")
+
+
+def test_missing_matplotlib_is_a_clear_error_naming_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit, match=r"needs matplotlib.*pip install matplotlib"):
+        plots.require_matplotlib()
+
+
+def _png_size(path):
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    with Image.open(path) as img:
+        return img.size
+
+
+@needs_mpl
+def test_heatmap_tsne_curves_and_sweep_figures(run, tmp_path):
+    import json
+
+    cfg, summary = run
+    ckpt = summary["last"]
+    out = plots.main(["heatmap", "--checkpoint", ckpt, "--device", "cpu", "--episode", "2", "--query", "3",
+                      "--out", str(tmp_path / "heat.png")])
+    w, h = _png_size(out)
+    assert w > 600 and h > 400
+    view_args = dict(episode=2, seed=cfg.eval.seed, n_way=5, k_shot=1, q_query=1)
+    from hr2g import checkpoint
+    from hr2g.data.build import build_dataset
+    from hr2g.evaluation import evaluate_model, load_model
+
+    model, cfg2 = load_model(checkpoint.load(ckpt), __import__("torch").device("cpu"))
+    test = build_dataset(cfg2.data, "test")
+    view = plots.episode_view(model, test, cfg2, **view_args)
+    assert view.probs.shape == (5, 5) and np.allclose(view.probs.sum(1), 1, atol=1e-5)
+    assert view.frame_sim.shape == (5, 5, 4, 4) and np.abs(view.frame_sim).max() <= 1 + 1e-5
+    # the drawn episode is the evaluation's episode 2: its accuracy equals evaluate_model's
+    res = evaluate_model(model, test, cfg2, episodes=3, seed=cfg.eval.seed, k_shot=1, progress=False)
+    assert (view.probs.argmax(1) == view.query_labels).mean() == pytest.approx(res.per_episode[2])
+
+    out = plots.main(["tsne", "--checkpoint", ckpt, "--device", "cpu", "--classes", "4", "--per-class", "5",
+                      "--iters", "150", "--out", str(tmp_path / "tsne.png")])
+    assert _png_size(out)[0] > 400
+    out = plots.main(["curves", "--run", cfg.train.out_dir, "--out", str(tmp_path / "curves.png")])
+    assert _png_size(out)[0] > 600
+    table = tmp_path / "sweep.json"
+    table.write_text(json.dumps([{"n_way": n, "k_shot": k, "accuracy": 50.0 - n + k, "ci95": 1.0}
+                                 for n in (5, 10) for k in (1, 5)]))
+    out = plots.main(["sweep", "--table", str(table)])
+    assert out == tmp_path / "sweep.png" and _png_size(out)[0] > 600
+
+
+@needs_mpl
+@pytest.mark.parametrize("argv, message", [
+    (["tsne", "--classes", "40"], "--classes 40: the test split has 32 classes"),
+    (["heatmap", "--query", "9"], r"--query 9: the episode has 5 queries \(0..4\)"),
+    (["curves", "--run", "/nonexistent"], "--run: no training log at /nonexistent/log.csv"),
+])
+def test_bad_arguments_name_the_flag(run, argv, message):
+    _, summary = run
+    if argv[0] != "curves":
+        argv = argv + ["--checkpoint", summary["last"], "--device", "cpu"]
+    with pytest.raises(SystemExit, match=message):
+        plots.main(argv)

@@ -1,0 +1,96 @@
+"""N-way x K-shot sweeps (``python -m hr2g.sweep``) on a tiny trained checkpoint (CPU, seconds)."""
+import csv
+import json
+
+import pytest
+import torch
+
+from hr2g import checkpoint, sweep
+from hr2g.data.synthetic import SyntheticActions
+from hr2g.evaluation import evaluate_model, load_model
+from hr2g.training import train
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("sweep"))
+    cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes = 1, 2, 0
+    return train(cfg, progress=False)["last"]
+
+
+def _model(ckpt):
+    return load_model(checkpoint.load(ckpt), torch.device("cpu"))
+
+
+def _test_split():
+    return SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+
+
+def test_a_grid_point_equals_evaluate_episode_by_episode_and_videos_are_encoded_once(ckpt):
+    model, cfg = _model(ckpt)
+    data = _test_split()
+    encoded = []
+    encode = model.encode_videos
+    model.encode_videos = lambda x: (encoded.append(x.shape[0]), encode(x))[1]
+    points = sweep.sweep(model, data, cfg, ways=[3, 5], shots=[1, 2], episodes=9, seed=4, batch_episodes=4, progress=False)
+    model.encode_videos = encode
+    assert [(p.n_way, p.k_shot) for p in points] == [(3, 1), (3, 2), (5, 1), (5, 2)]
+    # one encoder pass over the union of the grid's videos: never a video twice
+    needed = set()
+    for n, k in [(3, 1), (3, 2), (5, 1), (5, 2)]:
+        from hr2g.data.episodes import EpisodeSampler
+
+        for s in EpisodeSampler(data.labels, n, k, cfg.data.test_q_query).fixed(9, 4):
+            needed |= set(s.support.tolist()) | set(s.query.tolist())
+    assert sum(encoded) == len(needed)
+    for p in points:
+        ref = evaluate_model(model, data, cfg, episodes=9, seed=4, k_shot=p.k_shot, n_way=p.n_way, batch_episodes=9,
+                             progress=False)
+        assert p.per_episode.tolist() == ref.per_episode.tolist(), (p.n_way, p.k_shot)
+        assert p.accuracy == round(100 * ref.accuracy, 2) and p.ci95 == round(100 * ref.ci95, 2)
+        assert p.chance == round(100 / p.n_way, 2) and p.episodes == 9
+
+
+def test_sweep_leaves_the_bank_bit_identical(ckpt):
+    model, cfg = _model(ckpt)
+    bank, filled = model.ikt.bank.clone(), int(model.ikt.bank_filled)
+    assert filled > 0
+    sweep.sweep(model, _test_split(), cfg, ways=[5], shots=[1, 3], episodes=4, seed=0, progress=False)
+    assert torch.equal(bank, model.ikt.bank) and int(model.ikt.bank_filled) == filled
+
+
+def test_command_writes_csv_json_and_markdown_grid(ckpt, tmp_path, capsys):
+    out = tmp_path / "fig8"
+    points = sweep.main(["--checkpoint", ckpt, "--ways", "5", "3", "--shots", "1", "2", "--episodes", "6",
+                         "--out", str(out), "--no-progress", "--device", "cpu"])
+    assert len(points) == 4
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [(int(r["n_way"]), int(r["k_shot"])) for r in rows] == [(3, 1), (3, 2), (5, 1), (5, 2)]
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 100.0 and float(r["ci95"]) >= 0 and int(r["episodes"]) == 6
+    js = json.loads((out / "sweep.json").read_text())
+    assert [(r["n_way"], r["k_shot"]) for r in js] == [(3, 1), (3, 2), (5, 1), (5, 2)] and "per_episode" not in js[0]
+    md = (out / "sweep.md").read_text()
+    assert "| 3-way |" in md and "| 5-way |" in md and "2-shot" in md
+    assert "| 5-way |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ways", "40"], r"--ways / --shots / --queries: grid point 40-way 1-shot cannot be sampled: .*n_way <= 32"),
+    (["--shots", "6"], r"grid point 5-way 6-shot cannot be sampled: .*k_shot \+ q_query <= 6"),
+    (["--ways", "1"], None),
+    (["--episodes", "0"], None),
+])
+def test_impossible_grids_stop_with_the_flag_and_the_allowed_range(ckpt, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--checkpoint", ckpt, "--no-progress", "--device", "cpu"] + argv)
+    if message is None:  # argparse: exit code 2, the flag named on stderr
+        assert exc.value.code == 2 and argv[0] in capsys.readouterr().err
+    else:
+        assert pytest.importorskip("re").search(message, str(exc.value)), str(exc.value)
+
+
+def test_missing_checkpoint_names_the_flag(tmp_path):
+    with pytest.raises(SystemExit, match="--checkpoint: checkpoint .* does not exist"):
+        sweep.main(["--checkpoint", str(tmp_path / "none.pt")])
