@@ -13,20 +13,17 @@ log = logging.getLogger("hr2g.evaluate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from hr2g.inference import add_checkpoint_args, add_data_args
+
     p = argparse.ArgumentParser(prog="python -m hr2g.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by hr2g.train (last.pt or best.pt)")
+    add_checkpoint_args(p)
+    add_data_args(p)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="K values to evaluate (default: 1 5)")
     p.add_argument("--ways", type=int, default=None, help="N, classes per episode (default: the checkpoint's)")
     p.add_argument("--queries", type=int, default=None, help="queries per class (default: data.test_q_query)")
     p.add_argument("--episodes", type=int, default=None, help="number of test episodes (default: eval.episodes, 10000)")
     p.add_argument("--seed", type=int, default=None, help="seed of the episode list (default: eval.seed)")
-    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to evaluate (default: test)")
     p.add_argument("--batch-episodes", type=int, default=None, help="episodes per batched head call")
-    p.add_argument("--data-root", default=None, help="override the dataset root stored in the checkpoint")
-    p.add_argument("--split-dir", default=None, help="override the split folder stored in the checkpoint")
-    p.add_argument("--backend", default=None, help="op backend override: auto, triton, ext, torch")
-    p.add_argument("--fused", action="store_true", help="use the fused kernels where they apply (backend auto)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return p.parse_args(argv)
@@ -35,37 +32,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     from hr2g.cli import setup_logging
+    from hr2g.evaluation import evaluate_model
+    from hr2g.inference import dataset_from_args, load_trained
 
     setup_logging()
-    from hr2g import checkpoint
-    from hr2g.data.build import build_dataset
-    from hr2g.evaluation import evaluate_model, load_model
-    from hr2g.training import resolve_device
-
-    device = resolve_device(args.device)
-    try:
-        ckpt = checkpoint.load(args.checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-    model, cfg = load_model(ckpt, device)
-    if args.fused or args.backend:
-        backend = args.backend or "auto"
-        cfg.model.backend = backend
-        for m in model.modules():
-            if hasattr(m, "backend"):
-                m.backend = backend
-    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir)):
-        if val:
-            setattr(cfg.data, key, val)
+    model, cfg, device = load_trained(args)
     if args.ways:
         cfg.data.n_way = args.ways
     if args.queries:
         cfg.data.test_q_query = args.queries
-    try:
-        cfg.validate()
-        dataset = build_dataset(cfg.data, args.split or cfg.eval.split)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    dataset = dataset_from_args(cfg, args)
+    split = args.split or cfg.eval.split
     episodes = args.episodes or cfg.eval.episodes
     seed = cfg.eval.seed if args.seed is None else args.seed
     results = []
@@ -75,7 +52,7 @@ def main(argv=None) -> list[dict]:
                                  batch_episodes=args.batch_episodes, progress=not args.no_progress)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
-        row = {"dataset": cfg.data.dataset, "split": args.split or cfg.eval.split, "n_way": cfg.data.n_way, "k_shot": k,
+        row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
                "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
                "skipped_videos": len(res.skipped_videos), "device": str(device)}
         log.info("%d-way %d-shot: %.2f ± %.2f %% over %d episodes", cfg.data.n_way, k, row["accuracy"], row["ci95"], res.episodes)
