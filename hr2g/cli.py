@@ -24,6 +24,18 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="JSON config file (as written to <out_dir>/config.json) to start from")
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply ``--set SECTION.FIELD=VALUE`` items in order; a bad item exits naming it."""
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            set_field(cfg, key.strip(), value.strip())
+        except ValueError as exc:
+            raise SystemExit(f"error: --set: {exc}") from None
+
+
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     if base is not None:
         cfg = base
@@ -49,14 +61,7 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         cfg.model.backend = args.backend
     if args.device:
         cfg.train.device = args.device
-    for item in args.overrides:
-        if "=" not in item:
-            raise SystemExit(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            set_field(cfg, key.strip(), value.strip())
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
+    apply_overrides(cfg, args.overrides)
     try:
         return cfg.validate()
     except ValueError as exc:

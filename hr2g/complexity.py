@@ -318,7 +318,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> tuple[HR2G, object]:
     """The model to measure and its config: a checkpoint, or the preset with ``--set`` and random init."""
-    from hr2g.config import set_field
+    from hr2g.cli import apply_overrides
     from hr2g.configs import get_preset
     from hr2g.inference import set_backend
 
@@ -334,14 +334,7 @@ def build(args: argparse.Namespace) -> tuple[HR2G, object]:
             raise SystemExit(f"error: --checkpoint: {exc}") from None
     else:
         cfg = get_preset(args.preset)
-        for item in args.overrides:
-            if "=" not in item:
-                raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
-            key, value = item.split("=", 1)
-            try:
-                set_field(cfg, key.strip(), value.strip())
-            except ValueError as exc:
-                raise SystemExit(f"error: --set: {exc}") from None
+        apply_overrides(cfg, args.overrides)
         if args.frames:
             cfg.data.frames = args.frames
         try:  # the model's fields only: no dataset is read, so data.data_root may stay unset
