@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU should run, in as few device calls as possible (30 minutes of
+# device time per session; a warm machine keeps what a call installed for about 30 s only).
+#
+# Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/
+#   bash benchmarks/gpu_session.sh wheels
+# Then on the device, back to back (each stage writes its log and results under $OUT):
+#   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh setup bench", carry=[".whl"], timeout_s=600)
+# `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
+# Stages: wheels | setup | tests | bench | all (= setup tests bench).  The last lines printed are the
+# results table (benchmarks/report.py) or the failing tests; copy figures into README "Results"
+# with the device, date and commit that the report prints.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and its two deps, PyAV, pysdtw
+  grep -qx '/.whl/' .gitignore .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
+    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 pysdtw==0.0.5 && du -sh .whl
+}
+
+setup() {
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "gpu_session: installing .whl/ failed"; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  # Build hr2g._C against *this* machine's torch (never carry a build made elsewhere).
+  if ! "$PY" -c "import hr2g._C" 2>/dev/null; then
+    CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=16 "$PY" -m pip install -q --no-build-isolation --no-deps \
+      --no-index -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+    grep -i "warning: " "$OUT/build.log" | grep -i hr2g | tail -5
+  fi
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+  "$PY" -m hr2g.info | tee "$OUT/info.txt"
+}
+
+tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
+  "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 --junitxml="$OUT/tests.xml" 2>&1 \
+    | tee "$OUT/tests.log" | tail -60
+}
+
+bench() {  # medians of synchronised rounds; then the README table and issue #3's targets
+  "$PY" -m pytest -q -p no:cacheprovider benchmarks --benchmark-json="$OUT/bench.json" \
+    --benchmark-columns=median,iqr,rounds > "$OUT/bench.log" 2>&1
+  local rc=$?
+  grep -E "passed|failed|error" "$OUT/bench.log" | tail -3
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/bench.log" | head -20
+  "$PY" benchmarks/report.py "$OUT/bench.json" --out "$OUT/report.md"
+}
+
+[ $# -gt 0 ] || set -- all
+for stage in "$@"; do
+  case "$stage" in
+    wheels) wheels ;;
+    setup) setup ;;
+    tests) tests ;;
+    bench) bench ;;
+    all) setup; tests; bench ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, setup, tests, bench, all)"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,175 @@
+"""Turn ``pytest benchmarks --benchmark-json B.json`` into the README's results tables.
+
+    python benchmarks/report.py B.json                 # tables + target checks on stdout
+    python benchmarks/report.py B.json --out R.md      # also write them to R.md
+
+Rows are grouped by benchmark and every parameter except the provider (``provider`` or
+``backend``); in each group the fused provider (``triton``, ``fused``, ``ext`` or ``auto``) is the
+one compared: "fused speedup" is the other provider's median over the fused one's.  The targets
+of issue #3 are checked on the medians.  A JSON written in smoke mode (no CUDA: one untimed round
+on tiny shapes) is tabulated but claims nothing: every target reads "n/a (smoke mode)".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FUSED = ("triton", "fused", "ext", "auto")
+PROVIDER_KEYS = ("provider", "backend")
+
+
+@dataclass(frozen=True)
+class Row:
+    test: str  # the test function, e.g. "test_bench_otam"
+    group: tuple[tuple[str, str], ...]  # every parameter but the provider
+    provider: str
+    median: float  # seconds
+    iqr: float
+    rounds: int
+    extra: dict = field(hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return " ".join(v for _, v in self.group) or "-"
+
+    @property
+    def fused(self) -> bool:
+        return self.provider in FUSED
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    goal: str
+    value: str
+    ok: bool | None  # None: not measured (smoke mode, or the provider skipped)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "n/a"}[self.ok]
+
+
+def load(path: str | Path) -> tuple[dict, list[Row]]:
+    """(run metadata, rows) of a pytest-benchmark JSON file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        benches = data["benchmarks"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{path}: not a pytest-benchmark JSON file ({e}); write one with "
+                         "`pytest benchmarks --benchmark-json FILE`")
+    rows = []
+    for b in benches:
+        params = {k: str(v) for k, v in (b.get("params") or {}).items()}
+        key = next((k for k in PROVIDER_KEYS if k in params), None)
+        provider = params.pop(key) if key else "-"
+        stats = b["stats"]
+        rows.append(Row(b["name"].split("[")[0], tuple(params.items()), provider, stats["median"],
+                        stats["iqr"], stats["rounds"], b.get("extra_info", {})))
+    return data, rows
+
+
+def metadata(data: dict, rows: list[Row]) -> dict:
+    extra = rows[0].extra if rows else {}
+    commit = data.get("commit_info", {})
+    return dict(device=extra.get("device", "?"), torch=extra.get("torch", "?"), triton=extra.get("triton", "-"),
+                date=str(data.get("datetime", "?"))[:10],
+                commit=(commit.get("id") or "?")[:10] + ("+dirty" if commit.get("dirty") else ""),
+                smoke=any(r.extra.get("smoke") for r in rows))
+
+
+def speedups(rows: list[Row]) -> dict[Row, float | None]:
+    """Each row's median over its group's fused median (None without a fused row or for itself)."""
+    fused = {(r.test, r.group): r for r in rows if r.fused}
+    out = {}
+    for r in rows:
+        f = fused.get((r.test, r.group))
+        out[r] = None if f is None or f is r or f.median <= 0 else r.median / f.median
+    return out
+
+
+def _time(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def _find(rows: list[Row], test: str, provider: str, **params: str) -> Row | None:
+    for r in rows:
+        g = dict(r.group)
+        if r.test == test and r.provider == provider and all(g.get(k) == v for k, v in params.items()):
+            return r
+    return None
+
+
+def targets(rows: list[Row], smoke: bool) -> list[Target]:
+    """Issue #3's speed targets, each from the medians of the rows it names."""
+    out: list[Target] = []
+
+    def ratio(what: str, goal: float, test: str, fast: str, slow: str, **params: str) -> None:
+        a, b = _find(rows, test, fast, **params), _find(rows, test, slow, **params)
+        if smoke or a is None or b is None:
+            why = "smoke mode" if smoke else f"{fast if a is None else slow} not measured"
+            out.append(Target(what, f">= {goal:g}x", f"n/a ({why})", None))
+            return
+        x = b.median / a.median
+        out.append(Target(what, f">= {goal:g}x", f"{x:.1f}x ({_time(a.median)} vs {_time(b.median)})", x >= goal))
+
+    ratio("OTAM fwd+bwd, train episode: Triton vs reference loop", 50, "test_bench_otam", "triton", "torch",
+          workload="train_5w1s")
+    for wl in ("train_5w1s", "test_5w5s", "eval_10k_episodes"):
+        ratio(f"OTAM {wl}: Triton vs pysdtw (soft-DTW CUDA)", 1, "test_bench_otam", "triton", "pysdtw", workload=wl)
+    for wl in ("train_5w1s", "train_5w5s"):
+        for mode in ("fwd", "fwd_bwd"):
+            for dtype in ("f32", "bf16"):
+                ratio(f"sample attention {wl} {mode} {dtype}: fused vs SDPA with mask", 2,
+                      "test_bench_sample_attention", "fused", "sdpa_mask", workload=wl, mode=mode, dtype=dtype)
+    r = _find(rows, "test_bench_otam", "triton", workload="eval_10k_episodes")
+    if smoke or r is None:
+        out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms",
+                          "n/a (smoke mode)" if smoke else "n/a (not measured)", None))
+    else:
+        out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms", _time(r.median), r.median < 5e-3))
+    return out
+
+
+def render(data: dict, rows: list[Row]) -> str:
+    meta = metadata(data, rows)
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; "
+             f"date {meta['date']}; commit {meta['commit']}."]
+    if meta["smoke"]:
+        lines.append("SMOKE MODE (no CUDA): one untimed round on tiny shapes; these times mean nothing.")
+    ups = speedups(rows)
+    for test in dict.fromkeys(r.test for r in rows):
+        lines += ["", f"### {test}", "", "| case | provider | median | IQR | rounds | fused speedup | throughput |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r.test == test):
+            up = ups[r]
+            tput = next((f"{r.extra[k]:.3g} {k}" for k in ("frames/s", "TFLOP/s", "GB/s") if r.extra.get(k)), "")
+            lines.append(f"| {r.label} | {r.provider} | {_time(r.median)} | {_time(r.iqr)} | {r.rounds} | "
+                         f"{'' if up is None else f'{up:.2f}x'} | {tput} |")
+    lines += ["", "### targets (issue #3)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {t.what} | {t.goal} | {t.value} | {t.verdict} |" for t in targets(rows, meta["smoke"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("json", help="a file written by `pytest benchmarks --benchmark-json FILE`")
+    p.add_argument("--out", help="also write the markdown here")
+    args = p.parse_args(argv)
+    data, rows = load(args.json)
+    if not rows:
+        raise SystemExit(f"{args.json}: holds no benchmark (were they all skipped?)")
+    text = render(data, rows)
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""benchmarks/report.py: speedups and issue targets from a pytest-benchmark JSON."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("bench_report", Path(__file__).parents[1] / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(_spec)
+sys.modules["bench_report"] = report  # dataclasses resolve annotations through sys.modules
+_spec.loader.exec_module(report)
+
+
+def _bench(test, params, median, smoke=False, **extra):
+    name = f"{test}[{'-'.join(params.values())}]"
+    return dict(name=name, params=params, extra_info=dict(device="NVIDIA H100", torch="2.11", smoke=smoke, **extra),
+                stats=dict(median=median, iqr=median / 10, rounds=50))
+
+
+def _write(tmp_path, benches, dirty=False):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(dict(benchmarks=benches, datetime="2026-11-25T10:00:00",
+                                    commit_info=dict(id="0123456789abcdef", dirty=dirty))))
+    return path
+
+
+def _otam(workload, provider, median, **kw):
+    return _bench("test_bench_otam", dict(workload=workload, provider=provider), median, **kw)
+
+
+def _attn(workload, mode, dtype, provider, median):
+    return _bench("test_bench_sample_attention", dict(workload=workload, mode=mode, dtype=dtype, provider=provider), median)
+
+
+def test_speedups_are_grouped_by_every_other_parameter(tmp_path):
+    _, rows = report.load(_write(tmp_path, [
+        _attn("train_5w1s", "fwd", "f32", "fused", 10e-6), _attn("train_5w1s", "fwd", "f32", "sdpa_mask", 35e-6),
+        _attn("train_5w1s", "fwd", "bf16", "fused", 20e-6), _attn("train_5w1s", "fwd", "bf16", "sdpa_mask", 30e-6),
+        _bench("test_bench_isc_variants", dict(variant="isc"), 1e-3),
+    ]))
+    ups = {(r.label, r.provider): x for r, x in report.speedups(rows).items()}
+    assert ups[("train_5w1s fwd f32", "sdpa_mask")] == pytest.approx(3.5)
+    assert ups[("train_5w1s fwd bf16", "sdpa_mask")] == pytest.approx(1.5)
+    assert ups[("train_5w1s fwd f32", "fused")] is None  # not compared with itself
+    assert ups[("isc", "-")] is None  # no fused provider in that group
+
+
+def test_targets_met_missed_and_unmeasured(tmp_path):
+    benches = [_otam("train_5w1s", "triton", 40e-6), _otam("train_5w1s", "torch", 4e-3),  # 100x: met
+               _otam("eval_10k_episodes", "triton", 6e-3), _otam("eval_10k_episodes", "pysdtw", 3e-3)]  # both missed
+    benches += [_attn("train_5w1s", "fwd", "f32", "fused", 10e-6), _attn("train_5w1s", "fwd", "f32", "sdpa_mask", 19e-6)]
+    _, rows = report.load(_write(tmp_path, benches))
+    got = {t.what: t for t in report.targets(rows, smoke=False)}
+    assert got["OTAM fwd+bwd, train episode: Triton vs reference loop"].ok is True
+    assert got["OTAM eval_10k_episodes: Triton vs pysdtw (soft-DTW CUDA)"].ok is False
+    assert got["OTAM, 10,000 test episodes at once"].ok is False
+    assert got["sample attention train_5w1s fwd f32: fused vs SDPA with mask"].ok is False  # 1.9x < 2x
+    unmeasured = got["OTAM train_5w1s: Triton vs pysdtw (soft-DTW CUDA)"]
+    assert unmeasured.ok is None and "pysdtw not measured" in unmeasured.value
+
+
+def test_smoke_mode_claims_nothing(tmp_path, capsys):
+    path = _write(tmp_path, [_otam("train_5w1s", "triton", 1e-6, smoke=True), _otam("train_5w1s", "torch", 1.0, smoke=True),
+                             _otam("eval_10k_episodes", "triton", 1e-6, smoke=True)], dirty=True)
+    out = tmp_path / "r.md"
+    assert report.main([str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text == out.read_text()
+    assert "SMOKE MODE" in text and "commit 0123456789+dirty" in text and "date 2026-11-25" in text
+    assert "| met |" not in text and "MISSED" not in text
+
+
+def test_bad_file_names_itself(tmp_path):
+    bad = tmp_path / "nope.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="nope.json: not a pytest-benchmark JSON"):
+        report.main([str(bad)])
