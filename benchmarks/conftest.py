@@ -4,6 +4,11 @@ Without CUDA the suite runs in *smoke mode*: every provider is executed once on 
 CI proves the benchmarks still run and agree, but no timing means anything (CPU, interpreter).
 With CUDA each measurement is synchronised and repeated; pytest-benchmark reports median and
 spread, and ``extra_info`` records device, versions and FLOP/s or GB/s from explicit counts.
+
+``HR2G_BENCH_CPU=1`` times, on a machine without CUDA, the benchmarks whose CPU timing means
+something (they pass ``cpu_timing=True``: the C++ bank op vs its reference, PyAV / DALI-CPU
+decoding, the tiny model's episode) at their full shapes; everything else stays in smoke mode.
+Each record's ``extra_info["smoke"]`` says which it was.
 """
 import os
 
@@ -14,10 +19,28 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 SMOKE = not torch.cuda.is_available()
+CPU_TIMING = SMOKE and os.environ.get("HR2G_BENCH_CPU", "0") == "1"
 
 
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke mode)"
+def cpu_name() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def device_name(timed_on_cpu: bool = False) -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu: {cpu_name()}" if timed_on_cpu else "cpu (smoke mode)"
+
+
+def full_shapes() -> bool:
+    """Whether benchmarks that also time on the CPU should use their real shapes."""
+    return not SMOKE or CPU_TIMING
 
 
 @pytest.fixture
@@ -27,28 +50,31 @@ def device():
 
 @pytest.fixture
 def run_bench(benchmark):
-    """``run_bench(fn, flops=None, bytes=None, **info)``: time ``fn()`` (synchronised on CUDA).
+    """``run_bench(fn, flops=None, nbytes=None, rounds=50, cpu_timing=False, **info)``: time ``fn()``
+    (synchronised on CUDA; on the CPU only with ``cpu_timing`` and ``HR2G_BENCH_CPU=1``).
 
     Returns fn's last result so callers can check providers agree.  A provider that raises makes
     the benchmark fail (never swallowed as NaN).
     """
 
-    def _run(fn, flops: float | None = None, nbytes: float | None = None, rounds: int = 50, **info):
+    def _run(fn, flops: float | None = None, nbytes: float | None = None, rounds: int = 50, cpu_timing: bool = False,
+             **info):
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        smoke = SMOKE and not (cpu_timing and CPU_TIMING)
         out = {}
 
         def call():
             out["r"] = fn()
             sync()
 
-        benchmark.extra_info.update(device=device_name(), torch=torch.__version__, smoke=SMOKE, **info)
+        benchmark.extra_info.update(device=device_name(timed_on_cpu=not smoke), torch=torch.__version__, smoke=smoke, **info)
         try:
             import triton
 
             benchmark.extra_info["triton"] = triton.__version__
         except ImportError:
             pass
-        if SMOKE:
+        if smoke:
             benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)
         else:
             benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
@@ -60,3 +86,10 @@ def run_bench(benchmark):
         return out["r"]
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def bench_full_shapes() -> bool:
+    """True on CUDA, or on the CPU under ``HR2G_BENCH_CPU=1``: benchmarks with ``cpu_timing`` use
+    their real shapes then (and their smoke shapes otherwise)."""
+    return full_shapes()

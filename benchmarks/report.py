@@ -6,8 +6,9 @@
 Rows are grouped by benchmark and every parameter except the provider (``provider`` or
 ``backend``); in each group the fused provider (``triton``, ``fused``, ``ext`` or ``auto``) is the
 one compared: "fused speedup" is the other provider's median over the fused one's.  The targets
-of issue #3 are checked on the medians.  A JSON written in smoke mode (no CUDA: one untimed round
-on tiny shapes) is tabulated but claims nothing: every target reads "n/a (smoke mode)".
+of issue #3 are checked on the medians.  Rows run in smoke mode (no CUDA: one untimed round on
+tiny shapes) are listed as "untimed" and claim nothing: no speedup, and a target resting on one
+reads "n/a".  (``HR2G_BENCH_CPU=1`` makes the CPU-meaningful benchmarks timed rows on a CPU.)
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class Row:
     @property
     def fused(self) -> bool:
         return self.provider in FUSED
+
+    @property
+    def smoke(self) -> bool:
+        return bool(self.extra.get("smoke"))
 
 
 @dataclass(frozen=True)
@@ -72,21 +77,23 @@ def load(path: str | Path) -> tuple[dict, list[Row]]:
 
 
 def metadata(data: dict, rows: list[Row]) -> dict:
-    extra = rows[0].extra if rows else {}
+    timed = [r for r in rows if not r.smoke]
+    extra = (timed or rows)[0].extra if rows else {}
     commit = data.get("commit_info", {})
     return dict(device=extra.get("device", "?"), torch=extra.get("torch", "?"), triton=extra.get("triton", "-"),
                 date=str(data.get("datetime", "?"))[:10],
                 commit=(commit.get("id") or "?")[:10] + ("+dirty" if commit.get("dirty") else ""),
-                smoke=any(r.extra.get("smoke") for r in rows))
+                untimed=len(rows) - len(timed))
 
 
 def speedups(rows: list[Row]) -> dict[Row, float | None]:
-    """Each row's median over its group's fused median (None without a fused row or for itself)."""
-    fused = {(r.test, r.group): r for r in rows if r.fused}
+    """Each row's median over its group's fused median (None without a timed fused row, for the
+    fused row itself, and for untimed rows)."""
+    fused = {(r.test, r.group): r for r in rows if r.fused and not r.smoke}
     out = {}
     for r in rows:
         f = fused.get((r.test, r.group))
-        out[r] = None if f is None or f is r or f.median <= 0 else r.median / f.median
+        out[r] = None if f is None or f is r or r.smoke or f.median <= 0 else r.median / f.median
     return out
 
 
@@ -101,18 +108,18 @@ def _find(rows: list[Row], test: str, provider: str, **params: str) -> Row | Non
     for r in rows:
         g = dict(r.group)
         if r.test == test and r.provider == provider and all(g.get(k) == v for k, v in params.items()):
-            return r
+            return None if r.smoke else r
     return None
 
 
-def targets(rows: list[Row], smoke: bool) -> list[Target]:
-    """Issue #3's speed targets, each from the medians of the rows it names."""
+def targets(rows: list[Row]) -> list[Target]:
+    """Issue #3's speed targets, each from the medians of the timed rows it names."""
     out: list[Target] = []
 
     def ratio(what: str, goal: float, test: str, fast: str, slow: str, **params: str) -> None:
         a, b = _find(rows, test, fast, **params), _find(rows, test, slow, **params)
-        if smoke or a is None or b is None:
-            why = "smoke mode" if smoke else f"{fast if a is None else slow} not measured"
+        if a is None or b is None:
+            why = f"{fast if a is None else slow} not timed"
             out.append(Target(what, f">= {goal:g}x", f"n/a ({why})", None))
             return
         x = b.median / a.median
@@ -128,9 +135,8 @@ def targets(rows: list[Row], smoke: bool) -> list[Target]:
                 ratio(f"sample attention {wl} {mode} {dtype}: fused vs SDPA with mask", 2,
                       "test_bench_sample_attention", "fused", "sdpa_mask", workload=wl, mode=mode, dtype=dtype)
     r = _find(rows, "test_bench_otam", "triton", workload="eval_10k_episodes")
-    if smoke or r is None:
-        out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms",
-                          "n/a (smoke mode)" if smoke else "n/a (not measured)", None))
+    if r is None:
+        out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms", "n/a (triton not timed)", None))
     else:
         out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms", _time(r.median), r.median < 5e-3))
     return out
@@ -140,8 +146,9 @@ def render(data: dict, rows: list[Row]) -> str:
     meta = metadata(data, rows)
     lines = [f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; "
              f"date {meta['date']}; commit {meta['commit']}."]
-    if meta["smoke"]:
-        lines.append("SMOKE MODE (no CUDA): one untimed round on tiny shapes; these times mean nothing.")
+    if meta["untimed"]:
+        lines.append(f"{meta['untimed']} of {len(rows)} rows ran in smoke mode (one untimed round on tiny shapes): "
+                     "their times mean nothing.")
     ups = speedups(rows)
     for test in dict.fromkeys(r.test for r in rows):
         lines += ["", f"### {test}", "", "| case | provider | median | IQR | rounds | fused speedup | throughput |",
@@ -149,10 +156,13 @@ def render(data: dict, rows: list[Row]) -> str:
         for r in (r for r in rows if r.test == test):
             up = ups[r]
             tput = next((f"{r.extra[k]:.3g} {k}" for k in ("frames/s", "TFLOP/s", "GB/s") if r.extra.get(k)), "")
+            if r.smoke:
+                lines.append(f"| {r.label} | {r.provider} | untimed | | | | |")
+                continue
             lines.append(f"| {r.label} | {r.provider} | {_time(r.median)} | {_time(r.iqr)} | {r.rounds} | "
                          f"{'' if up is None else f'{up:.2f}x'} | {tput} |")
     lines += ["", "### targets (issue #3)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
-    lines += [f"| {t.what} | {t.goal} | {t.value} | {t.verdict} |" for t in targets(rows, meta["smoke"])]
+    lines += [f"| {t.what} | {t.goal} | {t.value} | {t.verdict} |" for t in targets(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ Workloads:
 
 Both providers' results are compared before anything is timed; the update then keeps moving the
 same bank (it stays full, so every call does the same work).  In smoke mode (no CUDA) each runs
-once on the CPU.
+once on the CPU; ``HR2G_BENCH_CPU=1`` times the C++ op against the reference there.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_bench_bank(run_bench, device, workload, provider):
         (want_grad,) = torch.autograd.grad(want_out, protos, grad)
         torch.testing.assert_close(got[0], want_out.detach(), msg=lambda m: f"{provider} output: {m}")
         torch.testing.assert_close(got[1], want_grad, msg=lambda m: f"{provider} d protos: {m}")
-        out = run_bench(step, flops=work["flops"], nbytes=work["nbytes"], **info)
+        out = run_bench(step, flops=work["flops"], nbytes=work["nbytes"], cpu_timing=True, **info)
         assert torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()
         return
 
@@ -99,5 +99,6 @@ def test_bench_bank(run_bench, device, workload, provider):
     got, want = bank.clone(), bank.clone()
     assert update(got, G, protos, MOMENTUM) == bank_update_ref_(want, G, protos, MOMENTUM) == G
     torch.testing.assert_close(got, want, msg=lambda m: f"{provider} updated bank: {m}")
-    run_bench(lambda: update(bank, G, protos, MOMENTUM), flops=work["flops"], nbytes=work["nbytes"], **info)
+    run_bench(lambda: update(bank, G, protos, MOMENTUM), flops=work["flops"], nbytes=work["nbytes"], cpu_timing=True,
+              **info)
     assert torch.isfinite(bank).all()

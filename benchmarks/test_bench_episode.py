@@ -98,5 +98,5 @@ def test_bench_episode(run_bench, device, models, workload, mode, backend):
                     k_shot=w.shape.k_shot, q_query=w.shape.q_query, frames=w.shape.frames,
                     image_size=model.encoder.image_size[0], dtype="bf16 autocast" if amp else "fp32",
                     gflops=flops / 1e9, peak_memory_gib=None if mem is None else mem / 2**30,
-                    paper_ms=39.9 if w.backbone == "ViT-B-16" else None)
+                    paper_ms=39.9 if w.backbone == "ViT-B-16" else None, cpu_timing=w.backbone == "tiny")
     assert torch.isfinite(out).all()

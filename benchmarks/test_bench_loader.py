@@ -5,7 +5,8 @@ T = 8 TSN test frames each (80 frames delivered), HMDB-like clips (340x256 after
 ``hr2g.prepare``, 90 frames).  Generated here: H.264 MP4 (NVDEC), VP9 WebM (DALI's CPU decoder
 reads only VP8/VP9/MJPEG) and JPEG frame folders.  ``extra_info["frames/s"]`` counts delivered
 (sampled) frames; a sequential decoder also decodes the frames in between.
-In smoke mode (no CUDA) the clips shrink to 64x48, 24 frames, and each provider runs once.
+In smoke mode (no CUDA) the clips shrink to 64x48, 24 frames, and each provider runs once;
+``HR2G_BENCH_CPU=1`` times the CPU decoders at the real shape instead.
 
 Every provider's frames are checked against PyAV's before anything is timed.
 """
@@ -27,10 +28,10 @@ PROVIDERS = ("pyav-h264", "pyav-vp9", "pil-jpeg", "dali_cpu-vp9", "dali_cpu-jpeg
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """The generated sources; ``shape``: (frames, height, width), small in smoke mode (no CUDA)."""
+def clips(tmp_path_factory, bench_full_shapes):
+    """The generated sources; ``shape``: (frames, height, width), small in smoke mode."""
     root = tmp_path_factory.mktemp("loader_bench")
-    n, h, w = SHAPES["real" if torch.cuda.is_available() else "smoke"]
+    n, h, w = SHAPES["real" if bench_full_shapes else "smoke"]
     out = {"h264": [], "vp9": [], "jpeg": [], "shape": (n, h, w)}
     for k in range(VIDEOS):
         frames = frame_pattern(n, h, w, seed=k)
@@ -79,7 +80,7 @@ def test_decode_throughput(provider, clips, run_bench, benchmark):
         err = np.abs(got.astype(np.int32) - want.astype(np.int32)).mean()
         assert err < 6.0, f"{provider}: frames differ from PyAV's by {err:.2f} levels on average"
     run_bench(fn, workload="hmdb_5w1s_episode", provider=provider, videos=VIDEOS, frames_per_video=T,
-              clip_shape=list(clips["shape"]), rounds=20)
+              clip_shape=list(clips["shape"]), rounds=20, cpu_timing=True)
     median = benchmark.stats.stats.median
     benchmark.extra_info["frames/s"] = VIDEOS * T / median
     benchmark.extra_info["clips/s"] = VIDEOS / median

@@ -51,24 +51,28 @@ def test_targets_met_missed_and_unmeasured(tmp_path):
                _otam("eval_10k_episodes", "triton", 6e-3), _otam("eval_10k_episodes", "pysdtw", 3e-3)]  # both missed
     benches += [_attn("train_5w1s", "fwd", "f32", "fused", 10e-6), _attn("train_5w1s", "fwd", "f32", "sdpa_mask", 19e-6)]
     _, rows = report.load(_write(tmp_path, benches))
-    got = {t.what: t for t in report.targets(rows, smoke=False)}
+    got = {t.what: t for t in report.targets(rows)}
     assert got["OTAM fwd+bwd, train episode: Triton vs reference loop"].ok is True
     assert got["OTAM eval_10k_episodes: Triton vs pysdtw (soft-DTW CUDA)"].ok is False
     assert got["OTAM, 10,000 test episodes at once"].ok is False
     assert got["sample attention train_5w1s fwd f32: fused vs SDPA with mask"].ok is False  # 1.9x < 2x
     unmeasured = got["OTAM train_5w1s: Triton vs pysdtw (soft-DTW CUDA)"]
-    assert unmeasured.ok is None and "pysdtw not measured" in unmeasured.value
+    assert unmeasured.ok is None and "pysdtw not timed" in unmeasured.value
 
 
-def test_smoke_mode_claims_nothing(tmp_path, capsys):
+def test_smoke_rows_claim_nothing(tmp_path, capsys):
     path = _write(tmp_path, [_otam("train_5w1s", "triton", 1e-6, smoke=True), _otam("train_5w1s", "torch", 1.0, smoke=True),
-                             _otam("eval_10k_episodes", "triton", 1e-6, smoke=True)], dirty=True)
+                             _otam("eval_10k_episodes", "triton", 1e-6, smoke=True),
+                             _bench("test_bench_bank", dict(workload="update", provider="ext"), 1e-4),
+                             _bench("test_bench_bank", dict(workload="update", provider="torch"), 3e-4)], dirty=True)
     out = tmp_path / "r.md"
     assert report.main([str(path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert text == out.read_text()
-    assert "SMOKE MODE" in text and "commit 0123456789+dirty" in text and "date 2026-11-25" in text
-    assert "| met |" not in text and "MISSED" not in text
+    assert "3 of 5 rows ran in smoke mode" in text and "commit 0123456789+dirty" in text and "date 2026-11-25" in text
+    assert "| met |" not in text and "MISSED" not in text and "1e+06x" not in text
+    assert "| train_5w1s | torch | untimed |" in text
+    assert "| update | torch | 300 µs | 30 µs | 50 | 3.00x |" in text  # timed rows of the same file still compare
 
 
 def test_bad_file_names_itself(tmp_path):
