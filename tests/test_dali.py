@@ -30,6 +30,10 @@ pytestmark = pytest.mark.skipif(dali_status() is not None, reason=str(dali_statu
 ON_GPU = torch.cuda.is_available()
 RAW_MEAN = 3.0 if ON_GPU else 0.0  # per-frame mean |diff|, uint8 levels (CPU: measured 0)
 TEST_MEAN, TEST_MAX = (0.02, 0.5) if ON_GPU else (0.01, 0.1)  # normalised units
+# On the GPU the video decoder is NVDEC only, and DALI enforces NVDEC's minimum frame size per codec
+# ("Video is too small in at least one dimension"): about 128 px for VP9, so the 48x64 clips the
+# CPU tests use would fail there.  GPU runs use clips above every codec's minimum.
+VIDEO_SIZES = [(144, 192), (160, 192), (192, 144)] if ON_GPU else [(48, 64), (36, 64), (64, 48)]
 
 
 def reader(size=32):
@@ -50,7 +54,7 @@ def mean_err(a, b) -> float:
 @pytest.mark.parametrize("codec", ["vp9"] + (["h264", "h264-bframes"] if ON_GPU else []))
 def test_dali_video_frames_match_pyav(tmp_path, codec):
     r = reader()
-    sizes = [(48, 64), (36, 64), (64, 48)]  # several shapes in one batch
+    sizes = VIDEO_SIZES  # several shapes in one batch
     options = {"crf": "4", "preset": "medium", "bf": "3"} if codec == "h264-bframes" else None  # reordered frames
     codec = codec.split("-")[0]
     paths, sources = [], []
@@ -97,7 +101,7 @@ def test_dali_jpeg_folders_match_pil(tmp_path):
 
 def test_bad_video_in_a_batch_fails_alone_and_the_pipeline_recovers(tmp_path):
     r = reader()
-    good = write_video(tmp_path / "good.webm", frame_pattern(12), "vp9")
+    good = write_video(tmp_path / "good.webm", frame_pattern(12, *VIDEO_SIZES[0]), "vp9")
     bad = tmp_path / "bad.webm"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
     empty = tmp_path / "empty.webm"
@@ -113,7 +117,7 @@ def test_bad_video_in_a_batch_fails_alone_and_the_pipeline_recovers(tmp_path):
 
 @pytest.mark.parametrize("frame_folders", [False, True], ids=["vp9", "jpeg"])
 def test_dataset_with_dali_matches_pyav(tmp_path, frame_folders):
-    make_benchmark(tmp_path, codec="vp9", n_frames=14, frame_folders=frame_folders)
+    make_benchmark(tmp_path, codec="vp9", n_frames=14, frame_folders=frame_folders, size=VIDEO_SIZES[0])
     split = read_split(tmp_path / "splits" / "train_few_shot.txt")
     kw = dict(preset=get_preset("hmdb51"), frames=4, image_size=32, flip=True)
     dali_ds = BenchmarkDataset(tmp_path, split, decoder="dali", **kw)
@@ -144,3 +148,101 @@ def test_h264_on_dali_cpu_falls_back_to_pyav_with_a_warning(tmp_path, caplog):
         clips = ds.clips([0, 1], False, np.random.default_rng(0))
     assert all(c.shape == (4, 3, 32, 32) for c in clips)
     assert caplog.text.count("cannot decode h264 videos") == 1 and "--to vp9" in caplog.text
+
+
+# ------------------------------------------------------------------ the GPU graph, checked without a GPU
+
+
+@pytest.mark.parametrize("mode", ["raw", "test"])
+@pytest.mark.parametrize("source", ["video", "image"])
+def test_gpu_pipeline_graph_places_operators_on_supported_devices(source, mode):
+    """Defines (does not build: building a GPU pipeline needs CUDA) the device='gpu' graph and checks
+    the placement rules DALI would enforce on a GPU machine: each operator on a backend its schema
+    has, decoders "mixed" with CPU input, GPU operators' argument inputs (resize size, crop
+    positions, decoder frame indices) on the CPU, and the pipeline output in GPU memory."""
+    from hr2g.data.dali import DaliReader
+
+    r = DaliReader("cpu", image_size=32, max_batch=4)
+    r.device, r._cuda_index = "gpu", 0  # what resolve_device / the first GPU use would set
+    pipe = r._define(source, mode)
+    assert pipe.device_id == 0
+    outputs = list(pipe._graph_out)
+    assert [o.device for o in outputs] == ["gpu"]
+    seen, stack, kinds = set(), [o.source for o in outputs], []
+    while stack:
+        op = stack.pop()
+        if op.id in seen:
+            continue
+        seen.add(op.id)
+        schema, device, spec = op._op.schema, op._op.device, op.spec
+        name = schema.Name()
+        kinds.append((name, device))
+        assert device in schema.GetSupportedBackends(), (name, device)
+        for i in range(spec.NumInput()):
+            regular = i < spec.NumRegularInput()
+            if device in ("cpu", "mixed") or not regular:  # mixed ops read CPU data; argument inputs are CPU
+                assert spec.InputDevice(i) == "cpu", (name, device, i)
+        stack += [inp.source for inp in op.inputs]
+    decoder = "decoders__Video" if source == "video" else "decoders__Image"
+    assert (decoder, "mixed") in kinds
+    assert all(d == "cpu" for n, d in kinds if n == "ExternalSource")
+    if mode == "test":
+        assert {("Resize", "gpu"), ("CropMirrorNormalize", "gpu")} <= set(kinds)
+
+
+def test_gpu_codecs_leave_av1_to_pyav_where_nvdec_lacks_it(monkeypatch):
+    from hr2g.data.dali import GPU_VIDEO_CODECS, DaliReader, nvdec_has_av1
+
+    assert not any(nvdec_has_av1(c) for c in [(7, 0), (7, 5), (8, 0), (9, 0)])  # V100, T4, A100, H100/H200
+    assert all(nvdec_has_av1(c) for c in [(8, 6), (8, 9), (10, 0), (12, 0)])  # A10/A40, L4/L40, B200, RTX 50
+    r = DaliReader("cpu")
+    r.device, r._cuda_index = "gpu", 0
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert "av1" not in r.codecs and "h264" in r.codecs
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert r.codecs == GPU_VIDEO_CODECS
+
+
+def test_gpu_output_device_is_fixed_once(monkeypatch):
+    """The torch tensors go to the device the pipelines were built on, not to whatever device is
+    current when a later batch is copied out."""
+    from hr2g.data.dali import DaliReader
+
+    r = DaliReader("cpu")
+    r.device = "gpu"
+    current = [1]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    assert r._define("video", "raw").device_id == 1
+    current[0] = 0
+    assert r.torch_device == torch.device("cuda", 1)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(r))._cuda_index is None  # chosen again in the receiving process
+
+
+def test_a_video_dali_fails_on_is_decoded_by_pyav(tmp_path, monkeypatch, caplog):
+    """NVDEC refuses streams PyAV reads (too small, 10-bit, ...): the dataset retries them with
+    PyAV instead of counting them unreadable.  Simulated by a reader that fails one video."""
+    make_benchmark(tmp_path, codec="vp9", n_frames=12, size=VIDEO_SIZES[0])
+    split = read_split(tmp_path / "splits" / "test_few_shot.txt")
+    kw = dict(frames=4, image_size=32)
+    ds = BenchmarkDataset(tmp_path, split, decoder="dali", **kw)
+    want = BenchmarkDataset(tmp_path, split, decoder="pyav", **kw)
+    _, dali = ds._reader()
+    real = dali.videos
+    refused = str(ds._path(1))
+
+    def flaky(paths, indices, mode, **kwargs):
+        out = real(paths, indices, mode, **kwargs)
+        return [VideoReadError(str(p), "Video is too small in at least one dimension") if str(p) == refused else o
+                for p, o in zip(paths, out)]
+
+    monkeypatch.setattr(dali, "videos", flaky)
+    with caplog.at_level(logging.WARNING):
+        got = ds.clips([0, 1, 2], False, np.random.default_rng(0))
+        raw = ds.read_raw(1, np.array([0, 3, 6, 9]))
+    assert not any(isinstance(c, VideoReadError) for c in got) and ds.dali_fallbacks == 2
+    torch.testing.assert_close(got[1].cpu(), want.clip(1, False, np.random.default_rng(0)))  # PyAV's path, exactly
+    assert (got[0].cpu() - want.clip(0, False, np.random.default_rng(0))).abs().mean() <= TEST_MEAN
+    assert torch.equal(raw.cpu(), want.read_raw(1, np.array([0, 3, 6, 9])))
+    assert caplog.text.count("retrying such videos with PyAV") == 1 and "too small" in caplog.text

@@ -101,6 +101,7 @@ class BenchmarkDataset(VideoDataset):
         self._meta: dict[int, VideoInfo | FrameFolderInfo] = {}  # probed once per video and process
         self._backend: tuple[int, str, object] | None = None  # (pid, "pyav"|"dali", DaliReader|None)
         self._warned_codecs: set[str] = set()
+        self.dali_fallbacks = 0  # videos DALI failed on and PyAV / PIL was asked instead (this process)
 
     @classmethod
     def from_config(cls, cfg, split: str) -> "BenchmarkDataset":
@@ -201,10 +202,19 @@ class BenchmarkDataset(VideoDataset):
                 (out,) = reader.frame_folders([info.files], [indices], "raw")
             else:
                 (out,) = reader.videos([self._path(index)], [indices], "raw")
-            if isinstance(out, VideoReadError):
-                raise out
-            return out
+            if not isinstance(out, VideoReadError):
+                return out
+            self._note_dali_failure(out, reader)
         return torch.from_numpy(self._pyav_raw(index, np.asarray(indices), False, np.random.default_rng(0)))
+
+    def _note_dali_failure(self, err: VideoReadError, reader) -> None:
+        # DALI refuses streams PyAV reads fine (NVDEC: below its minimum frame size, 10-bit or 4:4:4
+        # H.264, codec profiles the GPU lacks), so a DALI failure is retried with PyAV before the
+        # video counts as unreadable; the first one is logged, all are counted.
+        self.dali_fallbacks += 1
+        if self.dali_fallbacks == 1:
+            log.warning("DALI (%s) could not decode %s (%s): retrying such videos with PyAV (counted in "
+                        "dataset.dali_fallbacks)", reader.device, err.path, err.why)
 
     def _dali_can_read(self, index: int, reader) -> bool:
         info = self._info(index)
@@ -242,7 +252,7 @@ class BenchmarkDataset(VideoDataset):
                 plan.append((k, self.frame_indices(int(i), train, rng)))
             except VideoReadError as err:
                 out[k] = err
-        dali_videos, dali_frames = [], []
+        dali_videos, dali_frames, retried = [], [], set()
         # with DALI on the GPU, clips PyAV has to decode (codecs DALI lacks) join the others there
         device = reader.torch_device if backend == "dali" else torch.device("cpu")
         for k, idx in plan:
@@ -264,7 +274,16 @@ class BenchmarkDataset(VideoDataset):
                            for (k, _), info in zip(group, infos)]
                 res = read(sources, [idx for _, idx in group], mode, sizes=[(info.height, info.width) for info in infos])
                 out.update({k: r for (k, _), r in zip(group, res)})
-        done = {k for k, _ in dali_videos + dali_frames} if not train else set()  # DALI test output is final
+            for k, idx in dali_videos + dali_frames:  # what DALI could not decode, PyAV / PIL may
+                if isinstance(out[k], VideoReadError):
+                    self._note_dali_failure(out[k], reader)
+                    retried.add(k)
+                    try:
+                        out[k] = torch.from_numpy(self._pyav_raw(int(indices[k]), idx, train, rng)).to(device)
+                    except VideoReadError as err:
+                        out[k] = err
+        # DALI's test output is already resized, cropped and normalised
+        done = {k for k, _ in dali_videos + dali_frames} - retried if not train else set()
         result: list[torch.Tensor | VideoReadError] = []
         for k in range(len(indices)):
             r = out[k]

@@ -16,6 +16,10 @@ pipeline object is no longer valid"), so a failed run drops the pipeline and the
 one clip at a time to name the culprit as a :class:`VideoReadError`.
 
 DALI's CPU video decoder reads VP8/VP9/MJPEG only (2.4); H.264/HEVC need the GPU ("mixed").
+The mixed decoder is NVDEC only (no CPU fallback inside DALI), so on the GPU a stream must also fit
+the GPU's NVDEC: AV1 only on GPUs whose NVDEC has it (see :func:`nvdec_has_av1`), and DALI enforces
+NVDEC's per-codec minimum frame size (``cuvidGetDecoderCaps``; "Video is too small in at least one
+dimension") -- small for H.264 (48x16), but about 128 px for VP9/AV1 and 144 px for HEVC.
 """
 from __future__ import annotations
 
@@ -35,6 +39,16 @@ log = logging.getLogger(__name__)
 CPU_VIDEO_CODECS = ("vp8", "vp9", "mjpeg")
 GPU_VIDEO_CODECS = CPU_VIDEO_CODECS + ("h264", "hevc", "av1", "mpeg4")
 MODES = ("raw", "test")
+
+
+def nvdec_has_av1(capability: tuple[int, int]) -> bool:
+    """Whether the NVDEC of a GPU of this compute capability decodes AV1.
+
+    NVIDIA's NVDEC application note (Video Codec SDK 13): AV1 Main is decoded by GA10x/Ada (sm 8.6,
+    8.7, 8.9) and Blackwell/Thor (sm >= 10), *not* by Turing, GA100 (A100, sm 8.0) or Hopper (H100/H200,
+    sm 9.0).  DALI's mixed decoder then fails every AV1 video ("Codec configuration not supported on
+    this GPU") instead of the dataset handing them to PyAV."""
+    return capability in ((8, 6), (8, 7), (8, 9)) or capability[0] >= 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,24 +111,51 @@ class DaliReader:
         self.image_size, self.max_batch, self.max_images, self.num_threads = image_size, max_batch, max_images, num_threads
         self._pipes: dict[tuple[str, str], object] = {}
         self._copy_stream = None  # CUDA side stream of the output copies, made on first GPU use
+        # CUDA device of the pipelines and of the output tensors, fixed on first GPU use (not here:
+        # torch.cuda.current_device() initialises CUDA, and a reader may be made before a fork)
+        self._cuda_index: int | None = None
 
     def __getstate__(self):  # pipelines and streams hold native resources: rebuilt in the receiving process
         state = self.__dict__.copy()
         state["_pipes"] = {}
         state["_copy_stream"] = None
+        state["_cuda_index"] = None
         return state
+
+    def _device_index(self) -> int:
+        # One index for the pipelines (device_id, fixed when built) and for the torch tensors the
+        # outputs are copied into: reading torch.cuda.current_device() at each call, as before, gave
+        # tensors on another GPU than DALI's outputs once the caller switched devices (multi-GPU).
+        if self._cuda_index is None:
+            self._cuda_index = torch.cuda.current_device()
+        return self._cuda_index
 
     @property
     def codecs(self) -> tuple[str, ...]:
-        return GPU_VIDEO_CODECS if self.device == "gpu" else CPU_VIDEO_CODECS
+        if self.device != "gpu":
+            return CPU_VIDEO_CODECS
+        if nvdec_has_av1(torch.cuda.get_device_capability(self._device_index())):
+            return GPU_VIDEO_CODECS
+        # A100 / H100 / H200 NVDEC lacks AV1: leave AV1 videos to PyAV (the dataset checks this list)
+        # rather than failing each of them in DALI
+        return tuple(c for c in GPU_VIDEO_CODECS if c != "av1")
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if self.device == "gpu" else torch.device("cpu")
+        return torch.device("cuda", self._device_index()) if self.device == "gpu" else torch.device("cpu")
 
     # ---------------------------------------------------------------- pipelines
 
-    def _build(self, source: str, mode: str):
+    def _define(self, source: str, mode: str):
+        """The pipeline graph, not yet built (building a GPU one needs CUDA; defining it does not,
+        which lets the CPU tests check the GPU graph's operator placement).
+
+        Placement: the external sources are CPU (the mixed decoders take CPU input, and the
+        resize / crop arguments must be CPU argument inputs); the decoders are "mixed" on the GPU
+        (their output is GPU memory); resize and crop_mirror_normalize then run on the GPU because
+        their input is.  exec_async/exec_pipelined off: the legacy simple executor, one synchronous
+        run per feed_input (no prefetch that would need inputs in advance), whose outputs are
+        host-synchronised when run() returns and valid until the next run."""
         from nvidia.dali import fn, pipeline_def, types
 
         dec_device = "mixed" if self.device == "gpu" else "cpu"
@@ -122,7 +163,7 @@ class DaliReader:
         batch = self.max_batch if source == "video" else self.max_images
 
         @pipeline_def(batch_size=batch, num_threads=self.num_threads,
-                      device_id=torch.cuda.current_device() if self.device == "gpu" else None,
+                      device_id=self._device_index() if self.device == "gpu" else None,
                       prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
         def pipe():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
@@ -147,7 +188,10 @@ class DaliReader:
                 x, crop=(size, size), crop_pos_x=pos_x, crop_pos_y=pos_y, dtype=types.FLOAT, output_layout=layout,
                 mean=[255.0 * m for m in CLIP_MEAN], std=[255.0 * s for s in CLIP_STD])
 
-        p = pipe()
+        return pipe()
+
+    def _build(self, source: str, mode: str):
+        p = self._define(source, mode)
         p.build()
         return p
 
@@ -183,7 +227,7 @@ class DaliReader:
         return; they run on a side stream that is synchronised alone (not waiting for the model's
         kernels on the current stream), and ``record_stream`` keeps the caching allocator from
         handing the memory back to the side stream while the consumer stream still reads it."""
-        dev = self.torch_device
+        dev = self.torch_device  # == the pipelines' device_id (see _device_index)
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(dev)
         consumer = torch.cuda.current_stream(dev)
