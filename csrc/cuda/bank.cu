@@ -71,6 +71,24 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// Floored norm of one bank row, computed by one whole warp: lane l sums channels l, l+32, ...
+// (explicit FMAs, so the rounding does not hang on the compiler's contraction choices), then the
+// butterfly.  The result depends on the row's bits only, never on where or when it is computed:
+// the update kernel uses this for every row norm it keeps, so bit-equal slots keep bit-equal
+// norms and similarities, and "ties -> lower slot" holds after moves too (as on the CPU, where
+// normalize_row is used for both the initial and the refreshed norms).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t warp_row_norm(const scalar_t* row, int c_dim, int lane) {
+  acc_t ss = 0;
+  for (int c = lane; c < c_dim; c += kWarp) {
+    const acc_t v = static_cast<acc_t>(row[c]);
+    ss = fma_rn(v, v, ss);
+  }
+  return floor_norm(sqrt(warp_sum(ss)));
+}
 
 // ------------------------------------------------------------------------------------ retrieve
 template <typename acc_t>
@@ -167,7 +185,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kRetrieveThreads)
     retrieve_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ protos,
                              const scalar_t* __restrict__ bank, const int64_t* __restrict__ index,
-                             const acc_t* __restrict__ weights, int c_dim, int k, acc_t temperature,
+                             const acc_t* __restrict__ weights, int c_dim, int g_total, int k, acc_t temperature,
                              scalar_t* __restrict__ grad_protos) {
   extern __shared__ __align__(16) unsigned char smem[];
   acc_t* scratch = reinterpret_cast<acc_t*>(smem);  // [32]
@@ -181,7 +199,14 @@ __global__ void __launch_bounds__(kRetrieveThreads)
   const scalar_t* p = protos + m * c_dim;
   const acc_t* w = weights + m * k;
 
-  for (int j = tid; j < k; j += blockDim.x) sel[j] = static_cast<int>(index[m * k + j]);
+  for (int j = tid; j < k; j += blockDim.x) {
+    const int64_t slot = index[m * k + j];
+    // The host does not check `index` (that would cost a device-to-host sync); a slot outside the
+    // bank would read out of bounds (or wrap in the int cast).  CUDA_KERNEL_ASSERT stays on under
+    // NDEBUG: a bad index is a device-side assert, not silently wrong gradients.
+    CUDA_KERNEL_ASSERT(0 <= slot && slot < g_total);
+    sel[j] = static_cast<int>(slot);
+  }
   __syncthreads();
   for (int j = warp; j < k; j += n_warps) {
     const scalar_t* b = bank + static_cast<int64_t>(sel[j]) * c_dim;
@@ -236,7 +261,8 @@ size_t update_smem(int64_t c_dim, int64_t g_total) {
 // (increasing slot order) for the best cosine, the warp winners are combined in warp order on
 // every thread (same answer everywhere, no extra barrier), then the block moves that slot and
 // refreshes its norm.  The bank stays in global memory (100 KiB at G=50, C=512 fp32: L2-resident);
-// its floored row norms live in shared memory and only the moved row's is recomputed.
+// its floored row norms live in shared memory and only the moved row's is recomputed (by one
+// warp, in the same order as the initial ones: see warp_row_norm).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kUpdateThreads)
     update_kernel(scalar_t* bank, const scalar_t* __restrict__ protos, int g_total, int c_dim, int filled, int n_total,
@@ -256,14 +282,8 @@ __global__ void __launch_bounds__(kUpdateThreads)
   __syncthreads();                  // appended rows visible to every warp
 
   for (int g = warp; g < g_total; g += n_warps) {
-    const scalar_t* b = bank + static_cast<int64_t>(g) * c_dim;
-    acc_t bss = 0;
-    for (int c = lane; c < c_dim; c += kWarp) {
-      const acc_t v = static_cast<acc_t>(b[c]);
-      bss += v * v;
-    }
-    bss = warp_sum(bss);
-    if (lane == 0) row_n[g] = floor_norm(sqrt(bss));
+    const acc_t n = warp_row_norm<scalar_t, acc_t>(bank + static_cast<int64_t>(g) * c_dim, c_dim, lane);
+    if (lane == 0) row_n[g] = n;
   }
   // (row_n is first read after block_sum's barriers below)
 
@@ -306,33 +326,43 @@ __global__ void __launch_bounds__(kUpdateThreads)
     }
 
     scalar_t* b = bank + static_cast<int64_t>(j) * c_dim;
-    acc_t bss = 0;
     for (int c = tid; c < c_dim; c += blockDim.x) {
       const scalar_t t1 = static_cast<scalar_t>(mul_rn(static_cast<acc_t>(b[c]), mu));
       const scalar_t t2 = static_cast<scalar_t>(mul_rn(static_cast<acc_t>(p[c]), one_minus_mu));
-      const scalar_t moved = static_cast<scalar_t>(add_rn(static_cast<acc_t>(t1), static_cast<acc_t>(t2)));
-      b[c] = moved;
-      const acc_t v = static_cast<acc_t>(moved);
-      bss += v * v;
+      b[c] = static_cast<scalar_t>(add_rn(static_cast<acc_t>(t1), static_cast<acc_t>(t2)));
     }
-    // block_sum's barriers also publish the moved row and retire this step's reads of best_*
-    const acc_t moved_norm = floor_norm(sqrt(block_sum(bss, scratch)));
-    if (tid == 0) row_n[j] = moved_norm;
-    // the next step's block_sum barriers order this write before row_n is read again
+    __syncthreads();  // the moved row is visible to warp 0 (and every warp's reads of best_* are done)
+    // The moved row's norm in the SAME reduction order as the initial norms (warp_row_norm), not a
+    // block-wide sum: the two orders round differently for about half of all rows (C=512 fp32), so
+    // a moved slot that is bit-equal to another slot (e.g. mu*x + (1-mu)*x == x) would get a norm
+    // one ulp off its twin's and the next tie between them could go to the higher slot.
+    if (warp == 0) {
+      const acc_t n = warp_row_norm<scalar_t, acc_t>(b, c_dim, lane);
+      if (lane == 0) row_n[j] = n;
+    }
+    // the next step's block_sum barriers order this write before row_n is read again, and keep the
+    // next step's pn / best_* writes after this step's reads
   }
 }
 
 // ------------------------------------------------------------------------------------- launch
-// Opt in to more than the default 48 KiB of dynamic shared memory when C or G need it.
+// Opt in to more than the default 48 KiB of dynamic shared memory when C or G need it.  The cap is
+// raised to the device's maximum, not to `bytes`: the attribute is per (kernel, device) and shared
+// by all host threads, so setting it to this call's need would let a concurrent call with a smaller
+// need lower it between our set and our launch (-> "invalid argument" at launch).  The cap is only
+// a limit; the shared memory a launch gets (and the occupancy) follows the launch's own size.
 template <typename Kernel>
 void prepare_smem(Kernel kernel, size_t bytes, const char* op, int64_t c_dim, int64_t g_total) {
   if (bytes <= 48 * 1024) return;
   int device = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  TORCH_CHECK(bytes <= static_cast<size_t>(optin), op, ": C=", c_dim, " and G=", g_total, " need ", bytes,
-              " bytes of shared memory per block, more than this GPU's ", optin);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const size_t cap = static_cast<size_t>(optin) - std::min(static_cast<size_t>(optin), attr.sharedSizeBytes);
+  TORCH_CHECK(bytes <= cap, op, ": C=", c_dim, " and G=", g_total, " need ", bytes,
+              " bytes of shared memory per block, more than this GPU's ", cap);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cap)));
 }
 
 void check_int_range(const char* op, int64_t c_dim, int64_t g_total) {
@@ -340,10 +370,17 @@ void check_int_range(const char* op, int64_t c_dim, int64_t g_total) {
               " must each be < 2^31 on CUDA");
 }
 
+// One block per prototype: gridDim.x is at most 2^31 - 1 (the launch casts M to unsigned, which
+// would silently wrap above 2^32 and fail the launch above 2^31).
+void check_grid(const char* op, int64_t m_total) {
+  TORCH_CHECK(m_total < (int64_t{1} << 31), op, ": at most 2^31-1 prototypes per call on CUDA, got M=", m_total);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bank_retrieve_cuda(const at::Tensor& protos_in, const at::Tensor& bank_in,
                                                                   int64_t filled, int64_t topk, double temperature) {
   check_retrieve_args(protos_in, bank_in, filled, topk, temperature, c10::DeviceType::CUDA);
   check_int_range("hr2g::bank_retrieve", protos_in.size(1), bank_in.size(0));
+  check_grid("hr2g::bank_retrieve", protos_in.size(0));
   const c10::cuda::CUDAGuard guard(protos_in.device());
   const auto protos = protos_in.contiguous();
   const auto bank = bank_in.contiguous();
@@ -368,12 +405,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bank_retrieve_cuda(const at::Tens
   return {out, index, weights};
 }
 
-// `index` is trusted to hold slots < G (it comes from bank_retrieve): checking it would cost a
-// device-to-host sync.  The CPU kernel does check.
+// `index` is trusted to hold slots < G (it comes from bank_retrieve): checking it on the host would
+// cost a device-to-host sync, so the kernel asserts it instead.  The CPU kernel checks with an error.
 at::Tensor bank_retrieve_backward_cuda(const at::Tensor& grad_out, const at::Tensor& protos_in, const at::Tensor& bank_in,
                                        const at::Tensor& index_in, const at::Tensor& weights_in, double temperature) {
   check_retrieve_backward_args(grad_out, protos_in, bank_in, index_in, weights_in, temperature, c10::DeviceType::CUDA);
   check_int_range("hr2g::bank_retrieve_backward", protos_in.size(1), bank_in.size(0));
+  check_grid("hr2g::bank_retrieve_backward", protos_in.size(0));
   const c10::cuda::CUDAGuard guard(protos_in.device());
   const auto go = grad_out.contiguous(), protos = protos_in.contiguous(), bank = bank_in.contiguous();
   const auto index = index_in.contiguous(), weights = weights_in.contiguous();
@@ -388,7 +426,8 @@ at::Tensor bank_retrieve_backward_cuda(const at::Tensor& grad_out, const at::Ten
     kernel<<<static_cast<unsigned>(m_total), kRetrieveThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), protos.const_data_ptr<scalar_t>(), bank.const_data_ptr<scalar_t>(),
         index.const_data_ptr<int64_t>(), weights.const_data_ptr<acc_t>(), static_cast<int>(c_dim),
-        static_cast<int>(k), static_cast<acc_t>(temperature), grad.mutable_data_ptr<scalar_t>());
+        static_cast<int>(bank.size(0)), static_cast<int>(k), static_cast<acc_t>(temperature),
+        grad.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
