@@ -6,9 +6,12 @@
 #   bash benchmarks/gpu_session.sh wheels
 # Then on the device, back to back (each stage writes its log and results under $OUT):
 #   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
-#   run(command="bash benchmarks/gpu_session.sh setup bench", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
-# Stages: wheels | setup | tests | bench | all (= setup tests bench).  The last lines printed are the
+# Stages: wheels | setup | tests | bench_kernels | bench_model | bench (both) | all (= setup tests
+# bench).  Results land in $OUT as <stage>.json/.md/.log (at most 8 files come back: keep to
+# these).  The last lines printed are the
 # results table (benchmarks/report.py) or the failing tests; copy figures into README "Results"
 # with the device, date and commit that the report prints.
 set -uo pipefail
@@ -47,14 +50,20 @@ tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-
     | tee "$OUT/tests.log" | tail -60
 }
 
-bench() {  # medians of synchronised rounds; then the README table and issue #3's targets
-  "$PY" -m pytest -q -p no:cacheprovider benchmarks --benchmark-json="$OUT/bench.json" \
-    --benchmark-columns=median,iqr,rounds > "$OUT/bench.log" 2>&1
+run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json, .md
+  local name=$1; shift
+  "$PY" -m pytest -q -p no:cacheprovider "$@" --benchmark-json="$OUT/$name.json" \
+    --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
   local rc=$?
-  grep -E "passed|failed|error" "$OUT/bench.log" | tail -3
-  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/bench.log" | head -20
-  "$PY" benchmarks/report.py "$OUT/bench.json" --out "$OUT/report.md"
+  grep -E "passed|failed|error" "$OUT/$name.log" | tail -3
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/$name.log" | head -20
+  [ -s "$OUT/$name.json" ] && "$PY" benchmarks/report.py "$OUT/$name.json" --out "$OUT/$name.md"
 }
+
+# Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the
+# torch_compile provider takes the longest; never measured on this GPU yet).
+bench_kernels() { run_bench bench_kernels benchmarks/test_bench_otam.py benchmarks/test_bench_sample_attention.py benchmarks/test_bench_bank.py; }
+bench_model() { run_bench bench_model benchmarks/test_bench_episode.py benchmarks/test_bench_loader.py; }
 
 [ $# -gt 0 ] || set -- all
 for stage in "$@"; do
@@ -62,8 +71,10 @@ for stage in "$@"; do
     wheels) wheels ;;
     setup) setup ;;
     tests) tests ;;
-    bench) bench ;;
-    all) setup; tests; bench ;;
-    *) echo "gpu_session: unknown stage '$stage' (wheels, setup, tests, bench, all)"; exit 2 ;;
+    bench_kernels) bench_kernels ;;
+    bench_model) bench_model ;;
+    bench) bench_kernels; bench_model ;;
+    all) setup; tests; bench_kernels; bench_model ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
   esac
 done
