@@ -64,6 +64,22 @@ def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], devic
     return rows, feats, failed
 
 
+def encode_for_episodes(model: HR2G, dataset: VideoDataset, needed: list[int], device: torch.device, amp: bool,
+                        progress: bool = False) -> tuple[dict[int, int], torch.Tensor, dict[str, str], set[int]]:
+    """:func:`encode_dataset` of the videos the episodes use; if any fails, the rest of the split is
+    encoded too, because repaired episodes draw replacements from all of it.  Returns (index -> row,
+    feats, failures, indices without features)."""
+    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
+    if not failed:
+        return rows, feats, failed, set()
+    extra = sorted(set(range(len(dataset))) - set(needed))
+    rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
+    rows.update({i: r + len(feats) for i, r in rows2.items()})
+    feats = torch.cat([feats, feats2])
+    failed.update(failed2)
+    return rows, feats, failed, set(range(len(dataset))) - set(rows)
+
+
 def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec:
     """Replace unreadable videos (``bad``) of an episode with other videos of the same class."""
     used = set(spec.support.tolist() + spec.query.tolist())
@@ -119,14 +135,8 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
     sampler = EpisodeSampler(dataset.labels, n_way, k_shot, q_query, split="evaluation")
     specs = sampler.fixed(episodes, seed)
     needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
-    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
-    if failed:  # encode the rest too: repaired episodes draw replacements from the whole split
-        extra = sorted(set(range(len(dataset))) - set(needed))
-        rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
-        rows.update({i: r + len(feats) for i, r in rows2.items()})
-        feats = torch.cat([feats, feats2])
-        failed.update(failed2)
-        bad = set(range(len(dataset))) - set(rows)
+    rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
+    if failed:
         rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
         specs = [repair(s, bad, sampler, rng) for s in specs]
     text_all = model.text_features(dataset.class_names)  # [classes, C]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import EpisodeSampler
-from hr2g.evaluation import confidence95, encode_dataset, episode_accuracies, repair
+from hr2g.evaluation import confidence95, encode_for_episodes, episode_accuracies, repair
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.sweep")
@@ -77,14 +77,8 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
     needed = sorted({int(i) for ss in specs.values() for s in ss for i in np.concatenate([s.support, s.query])})
     log.info("%d grid points, %d episodes each: encoding %d of the split's %d videos once", len(specs), episodes,
              len(needed), len(dataset))
-    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
-    if failed:  # as evaluate_model: encode the rest, repaired episodes draw replacements from the whole split
-        extra = sorted(set(range(len(dataset))) - set(needed))
-        rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
-        rows.update({i: r + len(feats) for i, r in rows2.items()})
-        feats = torch.cat([feats, feats2])
-        failed.update(failed2)
-        bad = set(range(len(dataset))) - set(rows)
+    rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
+    if failed:
         for nk in specs:  # the same seeded repair rng per point as evaluate_model: identical episodes
             rng = np.random.default_rng([seed, 1])
             specs[nk] = [repair(s, bad, samplers[nk], rng) for s in specs[nk]]
