@@ -90,6 +90,21 @@ __device__ __forceinline__ acc_t warp_row_norm(const scalar_t* row, int c_dim, i
   return floor_norm(sqrt(warp_sum(ss)));
 }
 
+// pn = p / max(|p|, eps) with the whole block (p a prototype of c_dim entries, pn in shared
+// memory); each thread divides only the entries it loaded, so the caller's barrier after this is
+// what makes pn visible to the other threads.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void block_normalize(const scalar_t* p, acc_t* pn, int c_dim, acc_t* scratch) {
+  acc_t ss = 0;
+  for (int c = threadIdx.x; c < c_dim; c += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(p[c]);
+    pn[c] = v;
+    ss += v * v;
+  }
+  const acc_t p_norm = floor_norm(sqrt(block_sum(ss, scratch)));
+  for (int c = threadIdx.x; c < c_dim; c += blockDim.x) pn[c] = pn[c] / p_norm;
+}
+
 // ------------------------------------------------------------------------------------ retrieve
 template <typename acc_t>
 size_t retrieve_smem(int64_t c_dim, int64_t filled, int64_t k) {
@@ -112,14 +127,7 @@ __global__ void __launch_bounds__(kRetrieveThreads)
   const scalar_t* p = protos + m * c_dim;
 
   // 1. p / max(|p|, eps)
-  acc_t ss = 0;
-  for (int c = tid; c < c_dim; c += blockDim.x) {
-    const acc_t v = static_cast<acc_t>(p[c]);
-    pn[c] = v;
-    ss += v * v;
-  }
-  const acc_t p_norm = floor_norm(sqrt(block_sum(ss, scratch)));
-  for (int c = tid; c < c_dim; c += blockDim.x) pn[c] = pn[c] / p_norm;  // own entries only
+  block_normalize(p, pn, c_dim, scratch);
   __syncthreads();
 
   // 2. cosine to every filled slot, a warp per slot, in one pass: (pn . b) / max(|b|, eps).  (The
@@ -289,14 +297,7 @@ __global__ void __launch_bounds__(kUpdateThreads)
 
   for (int i = n_append; i < n_total; ++i) {
     const scalar_t* p = protos + static_cast<int64_t>(i) * c_dim;
-    acc_t ss = 0;
-    for (int c = tid; c < c_dim; c += blockDim.x) {
-      const acc_t v = static_cast<acc_t>(p[c]);
-      pn[c] = v;
-      ss += v * v;
-    }
-    const acc_t p_norm = floor_norm(sqrt(block_sum(ss, scratch)));
-    for (int c = tid; c < c_dim; c += blockDim.x) pn[c] = pn[c] / p_norm;
+    block_normalize(p, pn, c_dim, scratch);
     __syncthreads();
 
     acc_t my_sim = 0;
