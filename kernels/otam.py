@@ -149,16 +149,22 @@ def _pair_distance(q_ptr, s_ptr, e, qi, pi, s_qe, s_qn, s_qt, s_qc, s_se, s_sn, 
 
 
 @triton.jit
-def _otam_dir_fwd(D, LA, LB, lam, BT: tl.constexpr):
-    """One-direction OTAM of the top-left ``[LA, LB]`` block of D (rows = DP rows)."""
-    rows = tl.arange(0, BT)
-    # spec column 1: R[l,1] = D[l,0] + softmin(0, R[l-1,1], 0); row 0 is D[0,0]
+def _first_column(D, LA, lam, rows):
+    """Spec column 1 of the DP, ``[BT]``: R[l,1] = D[l,0] + softmin(0, R[l-1,1], 0); row 0 is D[0,0]."""
     d0 = _column(D, rows, 0)
     s = _at(d0, rows, 0)
     col = tl.where(rows == 0, s, 0.0)
     for l in range(1, LA):
         s = _at(d0, rows, l) + _softmin_0x0(s, lam)
         col = tl.where(rows == l, s, col)
+    return col
+
+
+@triton.jit
+def _otam_dir_fwd(D, LA, LB, lam, BT: tl.constexpr):
+    """One-direction OTAM of the top-left ``[LA, LB]`` block of D (rows = DP rows)."""
+    rows = tl.arange(0, BT)
+    col = _first_column(D, LA, lam, rows)
     # spec columns 2..Lb: softmin(up-left, left), every row at once; row 0 is the cumulative sum
     for j in range(1, LB):
         dj = _column(D, rows, j)
@@ -180,12 +186,7 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
     rows = tl.arange(0, BT)
     cols = tl.arange(0, BT)
     # ---- forward, keeping the table S[l, j] = R[l, j+1] and the padding column Z
-    d0 = _column(D, cols, 0)
-    s = _at(d0, rows, 0)
-    col = tl.where(rows == 0, s, 0.0)
-    for l in range(1, LA):
-        s = _at(d0, rows, l) + _softmin_0x0(s, lam)
-        col = tl.where(rows == l, s, col)
+    col = _first_column(D, LA, lam, rows)
     table = tl.where(cols[None, :] == 0, col[:, None], tl.zeros((BT, BT), dtype=tl.float32))
     for j in range(1, LB):
         dj = _column(D, cols, j)
