@@ -34,15 +34,17 @@ def frame_pattern(n: int, height: int = 48, width: int = 64, seed: int = 0) -> n
 
 
 def write_video(path: str | Path, frames: np.ndarray, codec: str = "vp9", rate: int = 25,
-                options: dict[str, str] | None = None) -> Path:
+                options: dict[str, str] | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Encode ``frames`` ([n, H, W, 3] uint8, even H and W) with PyAV; ``codec``: vp9, h264, mpeg4;
-    ``options`` replace the encoder options (e.g. ``{"preset": "medium"}``: H.264 with B-frames)."""
+    ``options`` replace the encoder options (e.g. ``{"preset": "medium"}``: H.264 with B-frames);
+    ``metadata``: container tags."""
     import av
 
     name, _ = CODECS[codec]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
+        out.metadata.update(metadata or {})
         stream = out.add_stream(name, rate=rate)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"

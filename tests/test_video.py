@@ -104,6 +104,19 @@ def test_unreadable_videos_raise_videoreaderror(tmp_path, case, why):
     assert err.value.path == str(path)
 
 
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_non_utf8_container_tags_do_not_stop_decoding(tmp_path, codec):
+    """A title tag with bytes that are not UTF-8 (old encoders, QuickTime artwork): PyAV <= 18
+    raises UnicodeDecodeError at open unless told to ignore it, PyAV 19 rejects that option."""
+    src = frame_pattern(8, 48, 64, seed=5)
+    path = write_video(tmp_path / f"tag{CODECS[codec][1]}", src, codec, metadata={"title": "MARKER12"})
+    data = path.read_bytes()
+    assert data.count(b"MARKER12") == 1
+    path.write_bytes(data.replace(b"MARKER12", b"\xff\xfeRKER12"))
+    assert probe_video(path).n_frames == 8
+    assert frame_index(decode_frames(path, np.arange(8)), src).tolist() == list(range(8))
+
+
 def test_truncated_video_with_an_overstated_header_is_resampled(tmp_path):
     """An AVI cut near its end keeps the header's frame count (20) but decodes fewer frames: the
     dataset samples again over the frames that exist instead of failing or padding."""

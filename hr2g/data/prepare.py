@@ -109,7 +109,7 @@ def _transcode(src: Path, tmp: Path, opts: Options) -> int:
     from av.video.reformatter import Interpolation
 
     from hr2g.data.base import VideoReadError
-    from hr2g.data.video import _open
+    from hr2g.data.video import _open, reformat_kwargs
 
     ext, codec, fmt = TARGETS[opts.target]
     inp = _open(str(src))
@@ -131,8 +131,8 @@ def _transcode(src: Path, tmp: Path, opts: Options) -> int:
                     if ost is None:
                         width, height = scaled_size(frame.width, frame.height, opts.short_side)
                         ost = _add_stream(out, codec, rate, width, height, opts)
-                    img = frame.reformat(width=width, height=height, format="yuv420p",
-                                         interpolation=Interpolation.AREA)
+                    img = frame.reformat(**reformat_kwargs(width=width, height=height, format="yuv420p",
+                                                           interpolation=Interpolation.AREA))
                     img.pts, img.time_base = n, Fraction(1) / rate  # constant rate, every frame kept
                     for pkt in ost.encode(img):
                         out.mux(pkt)
@@ -195,7 +195,7 @@ def _extract_all(src: Path, save) -> int:
     import av
 
     from hr2g.data.base import VideoReadError
-    from hr2g.data.video import _open, _rgb_flags
+    from hr2g.data.video import _open, _rgb_flags, reformat_kwargs
 
     inp = _open(str(src))
     n = 0
@@ -209,7 +209,7 @@ def _extract_all(src: Path, save) -> int:
                 continue
             for frame in frames:
                 n += 1
-                save(n, frame.to_ndarray(format="rgb24", interpolation=_rgb_flags()))
+                save(n, frame.to_ndarray(**reformat_kwargs(format="rgb24", interpolation=_rgb_flags())))
     finally:
         inp.close()
     if n == 0:

@@ -11,6 +11,7 @@ decoded frame -- what DALI's ``frames=`` argument also selects -- and stops afte
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -49,6 +50,19 @@ def _av():
     return av
 
 
+@functools.lru_cache(maxsize=1)
+def _av_major() -> int:
+    return int(_av().__version__.split(".")[0])
+
+
+def _open_kwargs() -> dict:
+    """``av.open`` options for reading.  PyAV <= 18 decodes container metadata eagerly and raises
+    UnicodeDecodeError on non-UTF-8 tags (QuickTime artwork, old AVI encoders) unless told
+    ``metadata_errors="ignore"``; PyAV 19 dropped that argument (TypeError if passed) and keeps
+    such bytes as surrogate escapes."""
+    return {"metadata_errors": "ignore"} if _av_major() < 19 else {}
+
+
 def _rgb_flags():
     """swscale flags of the YUV -> RGB conversion: full-resolution chroma interpolation and accurate
     rounding.  PyAV's default (fast chroma path) is 1.84 levels mean |error| from the source on the
@@ -56,6 +70,15 @@ def _rgb_flags():
     from av.video.reformatter import Interpolation
 
     return Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
+
+
+def reformat_kwargs(**kwargs) -> dict:
+    """``kwargs`` for ``VideoFrame.reformat`` / ``to_ndarray``, plus one swscale thread.  PyAV >= 17
+    defaults to a thread pool per conversion ("auto"), and PyAV 19 keeps that context per thread: a
+    DataLoader worker forked after the main process converted a frame inherits a pool whose threads
+    do not exist in the child and hangs in its first conversion.  Workers decode clips in parallel
+    already, and 340x256 frames gain nothing from slices."""
+    return {**kwargs, "threads": 1} if _av_major() >= 17 else kwargs
 
 
 def _open(path: str):
@@ -67,7 +90,7 @@ def _open(path: str):
     if size == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path, **_open_kwargs())
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise VideoReadError(path, f"not a readable video container ({type(exc).__name__}: {exc})") from None
     if not container.streams.video:
@@ -134,7 +157,7 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
                 continue
             for frame in frames:
                 if n in wanted:
-                    got[n] = frame.to_ndarray(format="rgb24", interpolation=_rgb_flags())
+                    got[n] = frame.to_ndarray(**reformat_kwargs(format="rgb24", interpolation=_rgb_flags()))
                 n += 1
                 if n > last:
                     break
