@@ -217,23 +217,28 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool) -> di
     and the episode shapes are few and small).
 
     Query/key blocks are the sample counts rounded up to a power of two, at least 16 (``tl.dot``'s
-    minimum), capped so that nothing spills.  Compiled ahead of time for sm_90 (ptxas through
-    ``triton.compile``, ``cuobjdump --dump-resource-usage``; registers / spill stack per thread):
-    fp32 tiles multiply on the FMA units (IEEE), whose dot layouts cost far more registers than
-    the tensor cores' -- forward 64 x 64 x d64 spills 416 B even at 8 warps, 32 x 32 x d128 at 8
-    warps needs 183 and no stack; backward 32 x 32 x d128 spills 896 B, 16 x 16 x d128 needs 194.
-    bf16 / fp16: forward 64 x 64 x d128 at 8 warps needs 216, backward 64 x 64 x d128 spills
-    632 B, 32 x 32 x d128 needs 237, 64 x 64 x d64 needs 240.  Blocks of 16 take 4 warps (at most
-    201 registers), larger ones 8.
+    minimum), capped so that nothing spills with Triton 3.6 (the GPU image's) nor 3.8 (CI's).
+    Compiled ahead of time for sm_90 (``triton.compile``, ``cuobjdump --dump-resource-usage``;
+    registers per thread, 3.6 / 3.8, and spill stack): fp32 tiles multiply on the FMA units (IEEE),
+    whose dot layouts cost far more registers than the tensor cores' -- forward 64 x 64 x d64
+    spills 432 / 416 B even at 8 warps, 32 x 32 x d128 at 8 warps needs 197 / 183; backward
+    32 x 32 x d64 spills 128 B on 3.6 at 8 warps (and 48 B at 16), 16 x 16 x d64 at 4 warps needs
+    211 / 124 (but 8 warps spill 16 B on 3.8), 16 x 16 x d128 needs 8 warps (197 / 122; 4 spill
+    232 B on 3.6).  bf16 / fp16: forward 64 x 64 x d128 at 8 warps needs 172 / 216; backward
+    64 x 64 x d64 spills 24 B on 3.6, 32 x 32 x d128 at 8 warps needs 248 / 237, 64 x 64 x d32
+    165 / 166.  tests/test_sample_attention.py compiles every choice made here.
     """
     block_d = max(16, triton.next_power_of_2(d))
-    if dtype == torch.float32:
-        cap = 16 if (backward and block_d > 64) else 32
+    if not backward:
+        cap = 32 if dtype == torch.float32 else 64
+    elif dtype == torch.float32:
+        cap = 32 if block_d <= 32 else 16
     else:
-        cap = 32 if (backward and block_d > 64) else 64
+        cap = 64 if block_d <= 32 else 32
     block_m = min(cap, max(16, triton.next_power_of_2(s)))
     block_n = min(cap, max(16, triton.next_power_of_2(n_kv)))  # <= block_m, as n_kv <= s
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4 if block_m <= 16 else 8)
+    wide = block_m > 16 or (backward and block_d >= 128)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8 if wide else 4)
 
 
 def _precision(x: torch.Tensor) -> tuple[bool, str]:

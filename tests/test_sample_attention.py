@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -268,7 +269,7 @@ def test_torch_compile_full_graph():
 
 
 _COMPILE_SCRIPT = textwrap.dedent("""
-    import os, re, subprocess, sys
+    import itertools, os, re, subprocess, sys
     import torch, triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -277,33 +278,41 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     assert not K._INTERPRET
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    # (dtype, S, n_kv, d): the 5-way 1-shot and 5-shot episodes, and the largest tiles of each dtype
-    for dt, s, n_kv, d in (("fp32", 10, 5, 64), ("bf16", 30, 25, 64), ("bf16", 128, 64, 128), ("fp32", 128, 128, 128)):
-        for kern, backward in ((K._fwd_kernel, False), (K._bwd_kernel, True)):
-            cfg = K._blocks(s, n_kv, d, dtypes[dt], backward)
-            warps = cfg.pop("num_warps")
-            consts = dict(cfg, UPCAST=dt == "fp32", PRECISION="ieee")
-            if backward:
-                consts["HAS_GLSE"] = True
-            sig = {}
-            for name in kern.arg_names:
-                if name in consts:
-                    sig[name] = "constexpr"
-                elif name.endswith("_ptr"):
-                    sig[name] = "*fp32" if name in ("lse_ptr", "glse_ptr") else "*" + dt
-                else:
-                    sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
-            out = triton.compile(ASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-            assert out.metadata.shared <= 227 * 1024, (kern.fn.__name__, dt, s, d, out.metadata.shared)
-            usage = ""
-            if os.path.exists(cuobjdump):
-                path = os.path.join(sys.argv[1], "k.cubin")
-                with open(path, "wb") as f:
-                    f.write(out.asm["cubin"])
-                usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
-                stack = int(re.search(r"STACK:(\\d+)", usage).group(1))
-                assert stack == 0, f"{kern.fn.__name__} {dt} S={s} d={d} {cfg}: spills ({usage.strip()})"
-            print("compiled", kern.fn.__name__, dt, s, d, cfg, warps, " ".join(re.findall(r"REG:\\d+|STACK:\\d+", usage)), flush=True)
+    # every distinct choice of the host's _blocks: S from 1 to 128 (5-way 1-shot is 10, 5-shot 30),
+    # head dims 16 to 128 (d = 48, 96 round up to 64, 128)
+    chosen = {}
+    for dt, d, s, backward in itertools.product(dtypes, (16, 32, 64, 128), (10, 30, 60, 128), (False, True)):
+        cfg = K._blocks(s, s, d, dtypes[dt], backward)
+        chosen[(dt, backward, tuple(sorted(cfg.items())))] = (s, d)
+    print("configs", len(chosen), flush=True)
+    for (dt, backward, items), (s, d) in chosen.items():
+        kern = K._bwd_kernel if backward else K._fwd_kernel
+        cfg = dict(items)
+        warps = cfg.pop("num_warps")
+        consts = dict(cfg, UPCAST=dt == "fp32", PRECISION="ieee")
+        if backward:
+            consts["HAS_GLSE"] = True
+        sig = {}
+        for name in kern.arg_names:
+            if name in consts:
+                sig[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                sig[name] = "*fp32" if name in ("lse_ptr", "glse_ptr") else "*" + dt
+            else:
+                sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
+        out = triton.compile(ASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+        assert out.metadata.shared <= 227 * 1024, (kern.fn.__name__, dt, s, d, out.metadata.shared)
+        usage = ""
+        if os.path.exists(cuobjdump):
+            path = os.path.join(sys.argv[1], "k.cubin")
+            with open(path, "wb") as f:
+                f.write(out.asm["cubin"])
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+            stack = int(re.search(r"STACK:(\\d+)", usage).group(1))
+            # ptxas parks a word or three on the stack at some low-register tiles (d=16: 8-16 B at
+            # 64-128 registers, either Triton version); pressure spills are 100s of bytes at 255
+            assert stack <= 16, f"{kern.fn.__name__} {dt} S={s} d={d} {cfg}: spills ({usage.strip()})"
+        print("compiled", kern.fn.__name__, dt, s, d, cfg, warps, " ".join(re.findall(r"REG:\\d+|STACK:\\d+", usage)), flush=True)
 """)
 
 
@@ -311,7 +320,8 @@ def test_kernels_compile_for_h100(tmp_path):
     """Compile forward and backward to sm_90 cubin without a GPU, with the block sizes the host
     code picks: the interpreter does not enforce tl.dot's >= 16 dims, power-of-2 shapes or the
     227 KiB of shared memory per block; the compiler does.  Where triton ships cuobjdump, the
-    chosen tiles must not spill registers either."""
+    chosen tiles must not spill registers either (run by CI with Triton 3.8; checked with 3.6, the
+    GPU image's, too: its register allocation differs by up to 90 per thread)."""
     import triton
 
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -320,7 +330,8 @@ def test_kernels_compile_for_h100(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("compiled") == 8, proc.stdout
+    n = int(re.search(r"configs (\d+)", proc.stdout).group(1))
+    assert n >= 20 and proc.stdout.count("compiled") == n, proc.stdout
 
 
 # --------------------------------------------------------------------------- dispatcher
