@@ -68,6 +68,28 @@ def _device_reason(backend: str, args, auto: bool) -> str | None:
             return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (Triton needs CUDA tensors)"
         if auto:
             return "CPU tensors: the Triton interpreter is a test vehicle, slower than the reference; request backend='triton' explicitly"
+        return interpreter_reason()
+    return None
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def interpreter_reason(triton_version: str | None = None, numpy_version: str | None = None) -> str | None:
+    """Triton <= 3.6's interpreter turns a loop bound (a 1-element array) into an int with
+    ``int(array)``, which numpy >= 2.4 rejects ("only 0-dimensional arrays can be converted"):
+    every kernel with a runtime-bounded loop fails.  3.7 squeezes first (seen with 3.6.0 / numpy
+    2.4.6 failing, 2.3.5 passing; 3.8.0 / 2.4 passing)."""
+    if triton_version is None or numpy_version is None:
+        import numpy
+        import triton
+
+        triton_version, numpy_version = triton.__version__, numpy.__version__
+    if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 4):
+        return (f"the interpreter of triton {triton_version} cannot run these kernels with numpy {numpy_version} "
+                f"(needs triton >= 3.7 or numpy < 2.4)")
     return None
 
 

@@ -325,6 +325,19 @@ def test_triton_on_cpu_without_interpreter_refuses(monkeypatch):
     assert _dispatch.resolve("otam_distance", "auto", q, s, 0.5)[0] == "torch"
 
 
+def test_old_interpreter_with_new_numpy_refuses(monkeypatch):
+    """Triton 3.6's interpreter fails every kernel with a runtime loop bound under numpy >= 2.4."""
+    for tv, nv in (("3.6.0", "2.4.6"), ("3.5.1", "2.5.2"), ("3.6.0+git1234", "2.4.0rc1")):
+        why = _dispatch.interpreter_reason(tv, nv)
+        assert why is not None and tv in why and nv in why and "triton >= 3.7 or numpy < 2.4" in why
+    for tv, nv in (("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.8.0", "2.5.2"), ("4.0", "3.0")):
+        assert _dispatch.interpreter_reason(tv, nv) is None, (tv, nv)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "interpreter_reason", lambda: "old interpreter")
+    q, s = torch.randn(1, 2, 4, 8), torch.randn(1, 3, 4, 8)
+    assert _dispatch.refusal("otam_distance", "triton", (q, s, 0.5)) == "old interpreter"
+
+
 def test_unsupported_reasons():
     from hr2g.kernels import otam as kernel
 
