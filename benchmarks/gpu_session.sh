@@ -2,14 +2,15 @@
 # Everything a session with a lent GPU should run, in as few device calls as possible (30 minutes of
 # device time per session; a warm machine keeps what a call installed for about 30 s only).
 #
-# Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/
-#   bash benchmarks/gpu_session.sh wheels
+# Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/,
+# then rehearse on this CPU machine with the GPU image's versions (a few minutes):
+#   bash benchmarks/gpu_session.sh wheels image
 # Then on the device, back to back (each stage writes its log and results under $OUT):
 #   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
-# Stages: wheels | setup | tests | bench_kernels | bench_model | bench (both) | all (= setup tests
+# Stages: wheels | image | setup | tests | bench_kernels | bench_model | bench (both) | all (= setup tests
 # bench).  Results land in $OUT as <stage>.json/.md/.log (at most 8 files come back: keep to
 # these).  The last lines printed are the
 # results table (benchmarks/report.py) or the failing tests; copy figures into README "Results"
@@ -65,6 +66,29 @@ run_bench() {  # $1: name, then the benchmark files; medians of synchronised rou
 bench_kernels() { run_bench bench_kernels benchmarks/test_bench_otam.py benchmarks/test_bench_sample_attention.py benchmarks/test_bench_bank.py; }
 bench_model() { run_bench bench_model benchmarks/test_bench_episode.py benchmarks/test_bench_loader.py; }
 
+image() {  # here, no device time: the GPU image's versions (python 3.12, torch 2.11, triton 3.6, the
+  # carried wheels: PyAV 19, open_clip 3.3) on this CPU machine, on a clean clone of HEAD: builds
+  # hr2g._C against torch 2.11 and runs the suite with the kernels interpreted and compiled to sm_90
+  # cubin by Triton 3.6.  Caught before any device call: PyAV 19 hanging forked DataLoader workers,
+  # Triton 3.6 spilling registers at tiles 3.8 does not.  numpy < 2.4: 3.6's interpreter fails with
+  # newer (the dispatcher says so); the GPU image's numpy 2.5 only matters to the interpreter.
+  local dir=${IMAGE_DIR:-/tmp/hr2g-image} py312
+  for py312 in python3.12 /root/.pyenv/versions/3.12*/bin/python ""; do
+    [ -n "$py312" ] && "$py312" -c "" 2>/dev/null && break  # (pyenv's shim exists but may refuse)
+  done
+  [ -n "$py312" ] || { echo "gpu_session image: no working python3.12 here"; exit 1; }
+  compgen -G ".whl/*.whl" > /dev/null || wheels
+  [ -x "$dir/venv/bin/python" ] || "$py312" -m venv "$dir/venv" || exit 1
+  "$dir/venv/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 triton==3.6.0 "numpy<2.4" einops pytest \
+    pytest-benchmark tqdm regex huggingface_hub safetensors timm numba setuptools wheel .whl/*.whl || exit 1
+  rm -rf "$dir/src" && git clone -q . "$dir/src" && cd "$dir/src" || exit 1
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 "$dir/venv/bin/pip" install -q --no-build-isolation \
+    --no-deps -e . > "$OUT/image_build.log" 2>&1 || { tail -30 "$OUT/image_build.log"; exit 1; }
+  "$dir/venv/bin/python" -m hr2g.info | head -12
+  "$dir/venv/bin/python" -m pytest -q -p no:cacheprovider > "$OUT/image_tests.log" 2>&1
+  grep -E "^(FAILED|ERROR) | passed| failed" "$OUT/image_tests.log" | tail -25
+}
+
 [ $# -gt 0 ] || set -- all
 for stage in "$@"; do
   case "$stage" in
@@ -75,6 +99,7 @@ for stage in "$@"; do
     bench_model) bench_model ;;
     bench) bench_kernels; bench_model ;;
     all) setup; tests; bench_kernels; bench_model ;;
-    *) echo "gpu_session: unknown stage '$stage' (wheels, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
+    image) image ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, image, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
   esac
 done
