@@ -3,18 +3,23 @@
 # device time per session; a warm machine keeps what a call installed for about 30 s only).
 #
 # Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/,
-# then rehearse on this CPU machine with the GPU image's versions (a few minutes):
-#   bash benchmarks/gpu_session.sh wheels image
-# Then on the device, back to back (each stage writes its log and results under $OUT):
-#   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
+# rehearse on this CPU machine with the GPU image's versions (a few minutes), pack DALI in parts:
+#   bash benchmarks/gpu_session.sh wheels image dali_pack
+# Then on the device, back to back (a machine idle for 30 s is handed back, and /tmp with it; each
+# stage writes its log and results under $OUT):
+#   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.00", ".dali/MANIFEST"])
+#   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.01", ".dali/MANIFEST"])
+#   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.02", ".dali/MANIFEST"])
+#   run(command="bash benchmarks/gpu_session.sh dali setup tests", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
+# Without the dali_part calls, `dali` says which parts are missing and the DALI tests skip.
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
-# Stages: wheels | image | setup | tests | bench_kernels | bench_model | bench (both) | all (= setup tests
-# bench).  Results land in $OUT as <stage>.json/.md/.log (at most 8 files come back: keep to
-# these).  The last lines printed are the
-# results table (benchmarks/report.py) or the failing tests; copy figures into README "Results"
-# with the device, date and commit that the report prints.
+# Stages: wheels | image | dali_pack | dali_part | dali | setup | tests | bench_kernels | bench_model |
+# bench (both) | all (= setup tests bench).  Results land in $OUT as <stage>.json/.md/.log (at most 8
+# files come back: keep to these).  The last lines printed are the results table
+# (benchmarks/report.py) or the failing tests; copy figures into README "Results" with the device,
+# date and commit that the report prints.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -23,7 +28,6 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
 wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and its two deps, PyAV, pysdtw
-  grep -qx '/.whl/' .gitignore .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
   # shellcheck disable=SC2086
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
@@ -81,12 +85,55 @@ image() {  # here, no device time: the GPU image's versions (python 3.12, torch 
   [ -x "$dir/venv/bin/python" ] || "$py312" -m venv "$dir/venv" || exit 1
   "$dir/venv/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 triton==3.6.0 "numpy<2.4" einops pytest \
     pytest-benchmark tqdm regex huggingface_hub safetensors timm numba setuptools wheel .whl/*.whl || exit 1
-  rm -rf "$dir/src" && git clone -q . "$dir/src" && cd "$dir/src" || exit 1
-  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 "$dir/venv/bin/pip" install -q --no-build-isolation \
-    --no-deps -e . > "$OUT/image_build.log" 2>&1 || { tail -30 "$OUT/image_build.log"; exit 1; }
-  "$dir/venv/bin/python" -m hr2g.info | head -12
-  "$dir/venv/bin/python" -m pytest -q -p no:cacheprovider > "$OUT/image_tests.log" 2>&1
-  grep -E "^(FAILED|ERROR) | passed| failed" "$OUT/image_tests.log" | tail -25
+  rm -rf "$dir/src" && git clone -q . "$dir/src" || exit 1
+  (
+    cd "$dir/src" || exit 1
+    CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 "$dir/venv/bin/pip" install -q --no-build-isolation \
+      --no-deps -e . > "$OUT/image_build.log" 2>&1 || { tail -30 "$OUT/image_build.log"; exit 1; }
+    "$dir/venv/bin/python" -m hr2g.info | head -12
+    "$dir/venv/bin/python" -m pytest -q -p no:cacheprovider > "$OUT/image_tests.log" 2>&1
+    grep -E "^(FAILED|ERROR) | passed| failed" "$OUT/image_tests.log" | tail -25
+  )
+}
+
+# DALI and the packages it needs beyond the GPU image (nvimgcodec, nvjpeg, nvcomp, ...) are 268 MB
+# of wheels, over the 64 MiB a device call may carry: here they are unpacked, xz-compressed
+# (178 MB) and cut into 60 MiB parts under the ignored .dali/; each device call carries one part
+# (plus the small .dali/MANIFEST) and `dali_part` stows it in /tmp, which lasts while the machine
+# stays warm (30 s idle); `dali` checks the parts against the manifest and unpacks them into
+# /tmp/site, which `setup` puts on PYTHONPATH.
+DALI_PKGS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu13 nvidia-nvjpeg nvidia-nvjpeg2k-cu13
+  nvidia-nvtiff-cu13 libcst nvtx optree astunparse gast makefun six"
+PART_DIR=/tmp/hr2g-dali-parts
+
+dali_pack() {  # here: .dali/dali.tar.xz.NN + .dali/MANIFEST (sha256 of every part)
+  local tmp; tmp=$(mktemp -d)
+  local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
+    -d "$tmp/whl" $DALI_PKGS || exit 1
+  # shellcheck disable=SC2086
+  python3 -m pip install -q --no-deps --no-index --no-compile --only-binary=:all: --python-version 3.12 \
+    --implementation cp $plat --target "$tmp/site" "$tmp"/whl/*.whl || exit 1
+  # an nvidia/__init__.py first on PYTHONPATH would hide the image's nvidia.* namespace (torch's CUDA libs)
+  rm -rf "$tmp/site/nvidia/__init__.py" "$tmp/site/bin"
+  rm -rf .dali && mkdir -p .dali
+  tar -C "$tmp/site" -cf - . | xz -T0 -9 | split -b 60M -d - .dali/dali.tar.xz.
+  (cd .dali && sha256sum dali.tar.xz.* > MANIFEST) && rm -rf "$tmp" && ls -la .dali
+}
+
+dali_part() {  # device: stow the part(s) this call carried
+  mkdir -p "$PART_DIR" && cp .dali/dali.tar.xz.* .dali/MANIFEST "$PART_DIR"/ 2>/dev/null
+  echo "gpu_session: parts held: $(cd "$PART_DIR" && ls dali.tar.xz.* 2>/dev/null | tr '\n' ' ')"
+}
+
+dali() {  # device: unpack DALI into /tmp/site once every part is there
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  "$PY" -c "import nvidia.dali" 2>/dev/null && return 0
+  dali_part
+  (cd "$PART_DIR" && sha256sum -c --quiet MANIFEST) || { echo "gpu_session: DALI parts missing or corrupt (carry each .dali/dali.tar.xz.NN once, with .dali/MANIFEST)"; return 1; }
+  mkdir -p /tmp/site && cat "$PART_DIR"/dali.tar.xz.* | "$PY" -c "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || return 1
+  "$PY" -c "import nvidia.dali as d; print('DALI', d.__version__)"
 }
 
 [ $# -gt 0 ] || set -- all
@@ -100,6 +147,9 @@ for stage in "$@"; do
     bench) bench_kernels; bench_model ;;
     all) setup; tests; bench_kernels; bench_model ;;
     image) image ;;
-    *) echo "gpu_session: unknown stage '$stage' (wheels, image, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
+    dali_pack) dali_pack ;;
+    dali_part) dali_part ;;
+    dali) dali ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, image, dali_pack, dali_part, dali, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
   esac
 done
