@@ -50,14 +50,21 @@ setup() {
   "$PY" -m hr2g.info | tee "$OUT/info.txt"
 }
 
+# A hung test (a deadlocked DataLoader worker, say) must cost one test, not the 10-minute call:
+# pytest-timeout is in the GPU image; limits far above any test's time on 2 CPU cores (12 s at most), leaving
+# room for Inductor compiling on first use.
+timeout_opt() { "$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
+
 tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
-  "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 --junitxml="$OUT/tests.xml" 2>&1 \
+  # shellcheck disable=SC2046
+  "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 --junitxml="$OUT/tests.xml" $(timeout_opt 300) 2>&1 \
     | tee "$OUT/tests.log" | tail -60
 }
 
 run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json, .md
   local name=$1; shift
-  "$PY" -m pytest -q -p no:cacheprovider "$@" --benchmark-json="$OUT/$name.json" \
+  # shellcheck disable=SC2046
+  "$PY" -m pytest -q -p no:cacheprovider "$@" --benchmark-json="$OUT/$name.json" $(timeout_opt 400) \
     --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
   local rc=$?
   grep -E "passed|failed|error" "$OUT/$name.log" | tail -3
