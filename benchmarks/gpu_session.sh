@@ -26,6 +26,8 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+SITE=${HR2G_SITE:-/tmp/site}  # carried packages, first on PYTHONPATH
+PART_DIR=${HR2G_DALI_PARTS:-/tmp/hr2g-dali-parts}
 
 wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and its two deps, PyAV, pysdtw
   local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
@@ -36,10 +38,10 @@ wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and 
 
 setup() {
   if compgen -G ".whl/*.whl" > /dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
       || { echo "gpu_session: installing .whl/ failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
+  [ -d "$SITE" ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
   # Build hr2g._C against *this* machine's torch (never carry a build made elsewhere).
   if ! "$PY" -c "import hr2g._C" 2>/dev/null; then
     CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=16 "$PY" -m pip install -q --no-build-isolation --no-deps \
@@ -108,10 +110,9 @@ image() {  # here, no device time: the GPU image's versions (python 3.12, torch 
 # (178 MB) and cut into 60 MiB parts under the ignored .dali/; each device call carries one part
 # (plus the small .dali/MANIFEST) and `dali_part` stows it in /tmp, which lasts while the machine
 # stays warm (30 s idle); `dali` checks the parts against the manifest and unpacks them into
-# /tmp/site, which `setup` puts on PYTHONPATH.
+# $SITE, which `setup` puts on PYTHONPATH.
 DALI_PKGS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu13 nvidia-nvjpeg nvidia-nvjpeg2k-cu13
   nvidia-nvtiff-cu13 libcst nvtx optree astunparse gast makefun six"
-PART_DIR=/tmp/hr2g-dali-parts
 
 dali_pack() {  # here: .dali/dali.tar.xz.NN + .dali/MANIFEST (sha256 of every part)
   local tmp; tmp=$(mktemp -d)
@@ -134,13 +135,18 @@ dali_part() {  # device: stow the part(s) this call carried
   echo "gpu_session: parts held: $(cd "$PART_DIR" && ls dali.tar.xz.* 2>/dev/null | tr '\n' ' ')"
 }
 
-dali() {  # device: unpack DALI into /tmp/site once every part is there
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  "$PY" -c "import nvidia.dali" 2>/dev/null && return 0
-  dali_part
-  (cd "$PART_DIR" && sha256sum -c --quiet MANIFEST) || { echo "gpu_session: DALI parts missing or corrupt (carry each .dali/dali.tar.xz.NN once, with .dali/MANIFEST)"; return 1; }
-  mkdir -p /tmp/site && cat "$PART_DIR"/dali.tar.xz.* | "$PY" -c "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || return 1
-  "$PY" -c "import nvidia.dali as d; print('DALI', d.__version__)"
+dali() {  # device: unpack DALI into $SITE once every part is there
+  if [ ! -f "$SITE/.hr2g-dali" ]; then
+    dali_part
+    (cd "$PART_DIR" && sha256sum -c --quiet MANIFEST) || { echo "gpu_session: DALI parts missing or corrupt (carry each .dali/dali.tar.xz.NN once, with .dali/MANIFEST)"; return 1; }
+    mkdir -p "$SITE" && cat "$PART_DIR"/dali.tar.xz.* | "$PY" -c "
+import sys, tarfile
+with tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz') as tar:
+    tar.extractall(sys.argv[1], **({'filter': 'tar'} if hasattr(tarfile, 'tar_filter') else {}))" "$SITE" || return 1
+    cp "$PART_DIR/MANIFEST" "$SITE/.hr2g-dali"  # unpacked whole: later calls skip this
+  fi
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  "$PY" -c "import nvidia.dali as d; print('gpu_session: DALI', d.__version__, 'from', d.__file__)"
 }
 
 [ $# -gt 0 ] || set -- all

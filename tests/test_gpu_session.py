@@ -1,0 +1,93 @@
+"""benchmarks/gpu_session.sh, the runbook a session with a lent GPU follows: its stages parse, and the
+DALI parts (carried one per device call) are stowed, checked against their manifest and unpacked
+only when all are there and intact.  Run on a copy of the script in a scratch tree, so the real
+.dali/ and /tmp/site are never touched."""
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sha256sum") is None,
+                                reason="needs bash and sha256sum")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "benchmarks" / "gpu_session.sh")
+    return tmp_path
+
+
+def run(tree: Path, *stages: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tree / "out"),
+           "HR2G_SITE": str(tree / "site"), "HR2G_DALI_PARTS": str(tree / "parts")}
+    return subprocess.run(["bash", str(tree / "benchmarks" / "gpu_session.sh"), *stages], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def fake_pack(n_parts: int) -> tuple[list[bytes], str]:
+    """A tar.xz holding nvidia/dali/__init__.py, cut into ``n_parts`` parts, and their manifest."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        data = b"__version__ = '0.0-test'\n" + b"# padding\n" * 2000
+        info = tarfile.TarInfo("./nvidia/dali/__init__.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    blob = buf.getvalue()
+    step = -(-len(blob) // n_parts)
+    parts = [blob[i:i + step] for i in range(0, len(blob), step)]
+    assert len(parts) == n_parts
+    manifest = "".join(f"{hashlib.sha256(p).hexdigest()}  dali.tar.xz.{i:02d}\n" for i, p in enumerate(parts))
+    return parts, manifest
+
+
+def carry(tree: Path, parts: list[bytes], manifest: str, *indices: int) -> None:
+    """What one device call's carry puts in the tree: some parts, and the manifest."""
+    shutil.rmtree(tree / ".dali", ignore_errors=True)
+    (tree / ".dali").mkdir()
+    (tree / ".dali" / "MANIFEST").write_text(manifest)
+    for i in indices:
+        (tree / ".dali" / f"dali.tar.xz.{i:02d}").write_bytes(parts[i])
+
+
+def test_script_parses_and_names_its_stages(tree):
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    proc = run(tree, "no_such_stage")
+    assert proc.returncode == 2
+    assert "unknown stage 'no_such_stage'" in proc.stdout and "dali_part" in proc.stdout
+
+
+def test_dali_parts_unpack_only_when_all_are_there(tree):
+    parts, manifest = fake_pack(3)
+    init = tree / "site" / "nvidia" / "dali" / "__init__.py"
+    carry(tree, parts, manifest, 0)
+    assert "parts held: dali.tar.xz.00" in run(tree, "dali_part").stdout
+    carry(tree, parts, manifest, 1)
+    proc = run(tree, "dali")  # part 02 never came: refuse, unpack nothing
+    assert "DALI parts missing or corrupt" in proc.stdout and not init.exists()
+    carry(tree, parts, manifest, 2)
+    proc = run(tree, "dali")
+    assert "parts held: dali.tar.xz.00 dali.tar.xz.01 dali.tar.xz.02" in proc.stdout
+    assert init.read_text().startswith("__version__ = '0.0-test'")
+    assert (tree / "site" / ".hr2g-dali").read_text() == manifest
+    init.unlink()  # unpacked once: a later call (the machine still warm) does not unpack again
+    run(tree, "dali")
+    assert not init.exists()
+
+
+def test_dali_rejects_a_corrupt_part(tree):
+    parts, manifest = fake_pack(2)
+    carry(tree, parts, manifest, 0)
+    run(tree, "dali_part")
+    carry(tree, [parts[0], parts[1][:-1] + bytes([parts[1][-1] ^ 1])], manifest, 1)
+    proc = run(tree, "dali")
+    assert "DALI parts missing or corrupt" in proc.stdout
+    assert not (tree / "site" / "nvidia").exists()
