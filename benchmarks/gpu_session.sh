@@ -28,12 +28,18 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SITE=${HR2G_SITE:-/tmp/site}  # carried packages, first on PYTHONPATH
 PART_DIR=${HR2G_DALI_PARTS:-/tmp/hr2g-dali-parts}
+# pip, fetching or unpacking wheels for the GPU image's CPython 3.12 from this machine's Python
+PIP312="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+  --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+
+use_site() {  # put $SITE first on PYTHONPATH, once
+  case ":${PYTHONPATH:-}:" in *":$SITE:"*) ;; *) export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} ;; esac
+}
 
 wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and its two deps, PyAV, pysdtw
-  local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
   # shellcheck disable=SC2086
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
-    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 pysdtw==0.0.5 && du -sh .whl
+  python3 -m pip download -q --no-deps $PIP312 -d .whl \
+    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 pysdtw==0.0.5 && du -sh .whl
 }
 
 setup() {
@@ -41,7 +47,7 @@ setup() {
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
       || { echo "gpu_session: installing .whl/ failed"; exit 1; }
   fi
-  [ -d "$SITE" ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  [ -d "$SITE" ] && use_site
   # Build hr2g._C against *this* machine's torch (never carry a build made elsewhere).
   if ! "$PY" -c "import hr2g._C" 2>/dev/null; then
     CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=16 "$PY" -m pip install -q --no-build-isolation --no-deps \
@@ -116,13 +122,10 @@ DALI_PKGS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu
 
 dali_pack() {  # here: .dali/dali.tar.xz.NN + .dali/MANIFEST (sha256 of every part)
   local tmp; tmp=$(mktemp -d)
-  local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
   # shellcheck disable=SC2086
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
-    -d "$tmp/whl" $DALI_PKGS || exit 1
+  python3 -m pip download -q --no-deps $PIP312 -d "$tmp/whl" $DALI_PKGS || exit 1
   # shellcheck disable=SC2086
-  python3 -m pip install -q --no-deps --no-index --no-compile --only-binary=:all: --python-version 3.12 \
-    --implementation cp $plat --target "$tmp/site" "$tmp"/whl/*.whl || exit 1
+  python3 -m pip install -q --no-deps --no-index --no-compile $PIP312 --target "$tmp/site" "$tmp"/whl/*.whl || exit 1
   # an nvidia/__init__.py first on PYTHONPATH would hide the image's nvidia.* namespace (torch's CUDA libs)
   rm -rf "$tmp/site/nvidia/__init__.py" "$tmp/site/bin"
   rm -rf .dali && mkdir -p .dali
@@ -145,7 +148,7 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz') as tar:
     tar.extractall(sys.argv[1], **({'filter': 'tar'} if hasattr(tarfile, 'tar_filter') else {}))" "$SITE" || return 1
     cp "$PART_DIR/MANIFEST" "$SITE/.hr2g-dali"  # unpacked whole: later calls skip this
   fi
-  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  use_site
   "$PY" -c "import nvidia.dali as d; print('gpu_session: DALI', d.__version__, 'from', d.__file__)"
 }
 
