@@ -123,20 +123,22 @@ def _ext_modules():
         _warn(f"torch is not importable at build time ({exc}); install torch first and use --no-build-isolation")
         return [], {}
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # headers: an edit to one of them rebuilds the extension (bank_kernels.cuh holds the kernels)
+    depends = sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "cuda", "*.cuh")))
     why_not_cuda = _cuda_refusal(torch, cpp_extension, cuda_sources)
     if why_not_cuda is None:
         ext = cpp_extension.CUDAExtension(
             "hr2g._C", sources + cuda_sources,
             define_macros=[("HR2G_WITH_CUDA", None)],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS + _arch_flags(torch)},
-            extra_link_args=LINK_FLAGS,
+            extra_link_args=LINK_FLAGS, depends=depends,
         )
         ext.hr2g_cuda = True
     else:
         if cuda_sources and os.environ.get("HR2G_NO_CUDA", "0") != "1":
             _warn(f"building hr2g._C without CUDA: {why_not_cuda}")
         ext = cpp_extension.CppExtension("hr2g._C", sources, extra_compile_args={"cxx": CXX_FLAGS},
-                                         extra_link_args=LINK_FLAGS)
+                                         extra_link_args=LINK_FLAGS, depends=depends)
         ext.hr2g_cuda = False
     return [ext], {"build_ext": _build_ext_class(cpp_extension)}
 

@@ -107,7 +107,8 @@ def bank_update_(bank: torch.Tensor, filled: int, protos: torch.Tensor, momentum
 
 # --------------------------------------------------------------------------- limits
 def _smem_bytes(op: str, dtype: torch.dtype, c: int, g: int, k: int) -> int:
-    """Dynamic shared memory per block of the CUDA kernels; mirrors *_smem() in csrc/cuda/bank.cu."""
+    """Dynamic shared memory per block of the CUDA kernels; mirrors *_smem() in csrc/cuda/bank_kernels.cuh
+    (tests/test_bank_simt.py compares the two)."""
     acc = 8 if dtype == torch.float64 else 4
     if op == "bank_retrieve":  # the backward needs (32 + C + 2k), never more than the forward's
         return (32 + c + g + k) * acc + 4 * k
