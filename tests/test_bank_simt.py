@@ -115,7 +115,7 @@ def test_retrieve_kernels_match_reference(simt, dtype, m, g, c, filled, topk):
     exact, low, g_exact, g_low = _reference_grads(protos, bank, filled, topk, 0.5, grad)
     out, index, weights = simt.retrieve(protos, bank, filled, topk, 0.5)
     assert_within_bound(out, low, exact, dtype)
-    assert index.min() >= 0 and index.max() < filled and len(set(index[0].tolist())) == topk
+    assert index.min() >= 0 and index.max() < filled and all(len(set(row)) == topk for row in index.tolist())
     torch.testing.assert_close(weights.sum(1).double(), torch.ones(m, dtype=torch.float64), rtol=0, atol=1e-5)
     g_kernel = simt.retrieve_backward(grad, protos, bank, index, weights, 0.5)
     assert_within_bound(g_kernel, g_low, g_exact, dtype)
