@@ -55,21 +55,31 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _configs():
     # The interpreter runs every config it is given: one is enough there (its timing means
     # nothing).  On a GPU the pair's tile is tiny ([BT, BLOCK_C], BT = 16 for T = 8) and the DP is
-    # latency-bound, so the knobs are the C chunk and the warps sharing it.  Compiled for sm_90
-    # (cuobjdump resource usage): the fp32 IEEE dot at BLOCK_C = 64 with 2-4 warps needs 255
-    # registers and spills, BLOCK_C = 32 with 4 warps needs 56 (fwd) / 72 (bwd); BT = 32 wants 8
-    # warps (64 / 80) -- hence this short list.
+    # latency-bound -- about 80 dependent steps per pair, each a masked reduction over a [BT] or
+    # [BT, BT] register tile, which crosses warps (shared memory + a barrier) unless one warp holds
+    # the whole tile -- so the knobs are the C chunk and how many warps share it, down to one.
+    # Registers on sm_90 (cuobjdump, Triton 3.8 / 3.6): the fp32 IEEE dot at BLOCK_C = 64 needs
+    # 255 and spills, BLOCK_C = 32 with 4 warps 56 (fwd) / 72 (bwd); one warp at BT = 16 96-128,
+    # no spills; one warp at BT = 32 spills (16-370 B) -- _prune_configs drops those.
     if _INTERPRET:
         return [triton.Config({"BLOCK_C": 32}, num_warps=4)]
-    return [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc, w in ((16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8))]
+    return [triton.Config({"BLOCK_C": bc}, num_warps=w)
+            for bc, w in ((16, 1), (32, 1), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8))]
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    # fp32's IEEE dot at BLOCK_C = 64 takes all 255 registers (and spills 650 B at BT = 32):
-    # not worth timing.  bf16/fp16 tensor-core dots stay <= 236 registers at every config here.
-    if kwargs.get("DOT_FP32"):
-        return [c for c in configs if c.kwargs["BLOCK_C"] < 64] or configs[:1]
-    return configs
+    """The configs worth timing: no fp32 IEEE dot at BLOCK_C = 64 (all 255 registers, spills 650 B
+    at BT = 32), no single warp at BT = 32 (spills); bf16/fp16 dots stay <= 236 registers otherwise."""
+    kept = [c for c in configs
+            if not (kwargs.get("DOT_FP32") and c.kwargs["BLOCK_C"] >= 64) and not (kwargs.get("BT", 0) >= 32 and c.num_warps < 2)]
+    return kept or configs[-1:]
+
+
+def _pairs_class(pairs: int) -> int:
+    """Autotune key for the grid size.  The best config for 25 pairs (one training episode: a
+    fraction of one wave, so one program's latency is the time) need not be the best for 250,000
+    (10,000 test episodes: ~100 waves, throughput), and the autotuner keeps one winner per key."""
+    return 0 if pairs <= 1024 else (1 if pairs <= 32768 else 2)
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -239,9 +249,10 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
 
 
 # --------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_configs(), key=["BT", "C", "DOT_FP32"], prune_configs_by={"early_config_prune": _prune_configs})
-@triton.jit
-def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C,
+@triton.autotune(configs=_configs(), key=["BT", "C", "DOT_FP32", "PAIRS_CLASS"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
+@triton.jit(do_not_specialize=["PAIRS_CLASS"])  # a tuning key only: one compiled kernel for every class
+def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C, PAIRS_CLASS,
                      s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, lam, eps,
                      BT: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -254,9 +265,10 @@ def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C,
     tl.store(out_ptr + pid, dist.to(out_ptr.dtype.element_ty))
 
 
-@triton.autotune(configs=_configs(), key=["BT", "C", "DOT_FP32"], prune_configs_by={"early_config_prune": _prune_configs})
-@triton.jit
-def _otam_bwd_kernel(q_ptr, s_ptr, g_ptr, w_ptr, rq_ptr, rs_ptr, Q, P, T, TP, C,
+@triton.autotune(configs=_configs(), key=["BT", "C", "DOT_FP32", "PAIRS_CLASS"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
+@triton.jit(do_not_specialize=["PAIRS_CLASS"])
+def _otam_bwd_kernel(q_ptr, s_ptr, g_ptr, w_ptr, rq_ptr, rs_ptr, Q, P, T, TP, C, PAIRS_CLASS,
                      s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, s_g, lam, eps,
                      BT: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr):
     """Per pair: ``w = dL/d(a_i.b_j)`` [T, T'], ``rq = (dL/d|a_i|) / |a_i|`` [T],
@@ -300,7 +312,7 @@ def _on_device(x: torch.Tensor):
 def _launch_args(query: torch.Tensor, support: torch.Tensor):
     e, q, t, c = query.shape
     p, tp = support.shape[1], support.shape[2]
-    return (q, p, t, tp, c, *query.stride(), *support.stride())
+    return (q, p, t, tp, c, _pairs_class(e * q * p), *query.stride(), *support.stride())
 
 
 @torch.library.custom_op("hr2g::otam_distance", mutates_args=())
