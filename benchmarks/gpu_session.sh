@@ -6,18 +6,22 @@
 # rehearse on this CPU machine with the GPU image's versions (a few minutes), pack DALI in parts:
 #   bash benchmarks/gpu_session.sh wheels image dali_pack
 # Then on the device, back to back (a machine idle for 30 s is handed back, and /tmp with it; each
-# stage writes its log and results under $OUT):
+# stage writes its log and results under $OUT), most important first -- the figures the open
+# kernel issues wait for, then the whole suite, then the model/loader benchmarks, then DALI (its
+# three part-carrying calls are the likeliest to lose the warm machine between them):
+#   run(command="bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.00", ".dali/MANIFEST"])
 #   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.01", ".dali/MANIFEST"])
 #   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.02", ".dali/MANIFEST"])
-#   run(command="bash benchmarks/gpu_session.sh dali setup tests", carry=[".whl"], timeout_s=600)
-#   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
-#   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh dali setup dali_tests bench_loader", carry=[".whl"], timeout_s=600)
 # Without the dali_part calls, `dali` says which parts are missing and the DALI tests skip.
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
-# Stages: wheels | image | dali_pack | dali_part | dali | setup | tests | bench_kernels | bench_model |
-# bench (both) | all (= setup tests bench).  Results land in $OUT as <stage>.json/.md/.log (at most 8
-# files come back: keep to these).  The last lines printed are the results table
+# Stages: wheels | image | dali_pack | dali_part | dali | setup | kernel_tests | tests | dali_tests |
+# bench_kernels | bench_model | bench_loader | bench (kernels + model) | all (= setup tests bench).
+# Results land in $OUT as <stage>.json/.md/.log (at most 8 files come back: the first call above
+# writes 7 -- build.log, gpu.txt, info.txt, kernel_tests.log, bench_kernels.json/.md/.log).  The last lines printed are the results table
 # (benchmarks/report.py) or the failing tests; copy figures into README "Results" with the device,
 # date and commit that the report prints.
 set -uo pipefail
@@ -82,8 +86,23 @@ run_bench() {  # $1: name, then the benchmark files; medians of synchronised rou
 
 # Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the
 # torch_compile provider takes the longest; never measured on this GPU yet).
+# The kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): a few minutes, so
+# the first call can also time them.
+kernel_tests() {
+  # shellcheck disable=SC2046
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py \
+    tests/test_bank_simt.py -rs $(timeout_opt 300) 2>&1 \
+    | tee "$OUT/kernel_tests.log" | tail -30
+}
+
+dali_tests() {  # after `dali`: DALI's GPU pipelines against PyAV / PIL
+  # shellcheck disable=SC2046
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_dali.py -rs $(timeout_opt 300) 2>&1 | tee "$OUT/dali_tests.log" | tail -30
+}
+
 bench_kernels() { run_bench bench_kernels benchmarks/test_bench_otam.py benchmarks/test_bench_sample_attention.py benchmarks/test_bench_bank.py; }
 bench_model() { run_bench bench_model benchmarks/test_bench_episode.py benchmarks/test_bench_loader.py; }
+bench_loader() { run_bench bench_loader benchmarks/test_bench_loader.py; }
 
 image() {  # here, no device time: the GPU image's versions (python 3.12, torch 2.11, triton 3.6, the
   # carried wheels: PyAV 19, open_clip 3.3) on this CPU machine, on a clean clone of HEAD: builds
@@ -157,7 +176,10 @@ for stage in "$@"; do
   case "$stage" in
     wheels) wheels ;;
     setup) setup ;;
+    kernel_tests) kernel_tests ;;
     tests) tests ;;
+    dali_tests) dali_tests ;;
+    bench_loader) bench_loader ;;
     bench_kernels) bench_kernels ;;
     bench_model) bench_model ;;
     bench) bench_kernels; bench_model ;;
@@ -166,6 +188,6 @@ for stage in "$@"; do
     dali_pack) dali_pack ;;
     dali_part) dali_part ;;
     dali) dali ;;
-    *) echo "gpu_session: unknown stage '$stage' (wheels, image, dali_pack, dali_part, dali, setup, tests, bench_kernels, bench_model, bench, all)"; exit 2 ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, image, dali_pack, dali_part, dali, setup, kernel_tests, tests, dali_tests, bench_kernels, bench_model, bench_loader, bench, all)"; exit 2 ;;
   esac
 done
