@@ -5,12 +5,19 @@ CI proves the benchmarks still run and agree, but no timing means anything (CPU,
 With CUDA each measurement is synchronised and repeated; pytest-benchmark reports median and
 spread, and ``extra_info`` records device, versions and FLOP/s or GB/s from explicit counts.
 
+``HR2G_BENCH_PARTIAL=FILE`` appends each benchmark's record to FILE (JSON lines, the
+``--benchmark-json`` entry's fields) as soon as it is measured: pytest-benchmark writes its JSON only
+when the session ends, so a run killed by a time limit would otherwise lose every figure.
+``python benchmarks/report.py FILE`` reads either.
+
 ``HR2G_BENCH_CPU=1`` times, on a machine without CUDA, the benchmarks whose CPU timing means
 something (they pass ``cpu_timing=True``: the C++ bank op vs its reference, PyAV / DALI-CPU
 decoding, the tiny model's episode) at their full shapes; everything else stays in smoke mode.
 Each record's ``extra_info["smoke"]`` says which it was.
 """
+import json
 import os
+from datetime import datetime, timezone
 
 import pytest
 import torch
@@ -48,8 +55,19 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _append_partial(path: str, request, benchmark) -> None:
+    """One finished benchmark as a line of ``path`` (fields as in pytest-benchmark's JSON)."""
+    stats = benchmark.stats.stats
+    callspec = getattr(request.node, "callspec", None)
+    record = dict(name=request.node.name, params=dict(callspec.params) if callspec else {},
+                  stats=dict(median=stats.median, iqr=stats.iqr, rounds=stats.rounds),
+                  extra_info=dict(benchmark.extra_info), datetime=datetime.now(timezone.utc).isoformat())
+    with open(path, "a") as f:  # one write per line: a kill leaves at most a truncated last line
+        f.write(json.dumps(record, default=str) + "\n")
+
+
 @pytest.fixture
-def run_bench(benchmark):
+def run_bench(benchmark, request):
     """``run_bench(fn, flops=None, nbytes=None, rounds=50, cpu_timing=False, **info)``: time ``fn()``
     (synchronised on CUDA; on the CPU only with ``cpu_timing`` and ``HR2G_BENCH_CPU=1``).
 
@@ -83,6 +101,8 @@ def run_bench(benchmark):
                 benchmark.extra_info["TFLOP/s"] = flops / med / 1e12
             if nbytes:
                 benchmark.extra_info["GB/s"] = nbytes / med / 1e9
+        if os.environ.get("HR2G_BENCH_PARTIAL"):
+            _append_partial(os.environ["HR2G_BENCH_PARTIAL"], request, benchmark)
         return out["r"]
 
     return _run

@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu_session.sh wheels image dali_pack
 # Then on the device, back to back (a machine idle for 30 s is handed back, and /tmp with it; each
 # stage writes its log and results under $OUT), most important first -- the figures the open
-# kernel issues wait for, then the whole suite, then the model/loader benchmarks, then DALI (its
-# three part-carrying calls are the likeliest to lose the warm machine between them):
-#   run(command="bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels", carry=[".whl"], timeout_s=600)
+# kernel issues wait for (every benchmark checks its providers against the reference before it
+# times them), then the whole suite, then the model/loader benchmarks, then DALI (its three
+# part-carrying calls are the likeliest to lose the warm machine between them):
+#   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
 #   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.00", ".dali/MANIFEST"])
@@ -20,10 +21,11 @@
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
 # Stages: wheels | image | dali_pack | dali_part | dali | setup | kernel_tests | tests | dali_tests |
 # bench_kernels | bench_model | bench_loader | bench (kernels + model) | all (= setup tests bench).
-# Results land in $OUT as <stage>.json/.md/.log (at most 8 files come back: the first call above
-# writes 7 -- build.log, gpu.txt, info.txt, kernel_tests.log, bench_kernels.json/.md/.log).  The last lines printed are the results table
-# (benchmarks/report.py) or the failing tests; copy figures into README "Results" with the device,
-# date and commit that the report prints.
+# Results land in $OUT as <stage>.json/.jsonl/.md/.log (at most 8 files come back: the first call
+# above writes 7 -- build.log, gpu.txt, info.txt, bench_kernels.json/.jsonl/.md/.log).  The last
+# lines printed are the results table (benchmarks/report.py) or the failing tests; copy figures
+# into README "Results" with the device, date and commit that the report prints.
+# On a GPU machine of your own (no 10-minute limit): HR2G_CALL_BUDGET=0 bash benchmarks/gpu_session.sh all
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -73,21 +75,35 @@ tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-
     | tee "$OUT/tests.log" | tail -60
 }
 
-run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json, .md
+# A device call is killed at 600 s.  Benchmarks stop (SIGINT: pytest ends the session cleanly)
+# once this call has run HR2G_CALL_BUDGET seconds (default 570: build included, report time left;
+# 0: no limit -- `timeout 0` never fires),
+# and every finished benchmark is already in $OUT/<name>.jsonl (HR2G_BENCH_PARTIAL), so a long
+# pole (Inductor compiling the OTAM reference, say) costs the figures after it, not all of them.
+run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json(l), .md
   local name=$1; shift
+  local budget=${HR2G_CALL_BUDGET:-570} left=0  # 0: no limit
+  if [ "$budget" -gt 0 ]; then
+    left=$(( budget - SECONDS ))
+    if [ "$left" -lt 30 ]; then echo "gpu_session: $name skipped: ${left} s left of this call's budget"; return 0; fi
+  fi
+  rm -f "$OUT/$name.json" "$OUT/$name.jsonl"
   # shellcheck disable=SC2046
-  "$PY" -m pytest -q -p no:cacheprovider "$@" --benchmark-json="$OUT/$name.json" $(timeout_opt 400) \
-    --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
+  HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider "$@" \
+    --benchmark-json="$OUT/$name.json" $(timeout_opt 400) --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
   local rc=$?
+  [ $rc -eq 124 ] && echo "gpu_session: $name stopped at this call's budget (${left} s); reporting what finished"
   grep -E "passed|failed|error" "$OUT/$name.log" | tail -3
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/$name.log" | head -20
-  [ -s "$OUT/$name.json" ] && "$PY" benchmarks/report.py "$OUT/$name.json" --out "$OUT/$name.md"
+  if [ -s "$OUT/$name.json" ]; then
+    "$PY" benchmarks/report.py "$OUT/$name.json" --out "$OUT/$name.md"
+  elif [ -s "$OUT/$name.jsonl" ]; then
+    "$PY" benchmarks/report.py "$OUT/$name.jsonl" --out "$OUT/$name.md"
+  fi
 }
 
-# Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the
-# torch_compile provider takes the longest; never measured on this GPU yet).
-# The kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): a few minutes, so
-# the first call can also time them.
+# The kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): a subset of
+# `tests`, for a call that has no time for the whole suite.
 kernel_tests() {
   # shellcheck disable=SC2046
   "$PY" -m pytest -q -p no:cacheprovider tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py \
@@ -100,6 +116,8 @@ dali_tests() {  # after `dali`: DALI's GPU pipelines against PyAV / PIL
   "$PY" -m pytest -q -p no:cacheprovider tests/test_dali.py -rs $(timeout_opt 300) 2>&1 | tee "$OUT/dali_tests.log" | tail -30
 }
 
+# Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the
+# torch_compile provider takes the longest; never measured on this GPU yet).
 bench_kernels() { run_bench bench_kernels benchmarks/test_bench_otam.py benchmarks/test_bench_sample_attention.py benchmarks/test_bench_bank.py; }
 bench_model() { run_bench bench_model benchmarks/test_bench_episode.py benchmarks/test_bench_loader.py; }
 bench_loader() { run_bench bench_loader benchmarks/test_bench_loader.py; }

@@ -2,6 +2,8 @@
 
     python benchmarks/report.py B.json                 # tables + target checks on stdout
     python benchmarks/report.py B.json --out R.md      # also write them to R.md
+    python benchmarks/report.py B.jsonl                # the records HR2G_BENCH_PARTIAL=B.jsonl wrote
+                                                       # one by one (a run stopped before its end)
 
 Rows are grouped by benchmark and every parameter except the provider (``provider`` or
 ``backend``); in each group the fused provider (``triton``, ``fused``, ``ext`` or ``auto``) is the
@@ -57,10 +59,24 @@ class Target:
         return {True: "met", False: "MISSED", None: "n/a"}[self.ok]
 
 
+def _read(path: Path) -> dict:
+    """A pytest-benchmark JSON, or benchmarks/conftest.py's JSON-lines records as one."""
+    text = path.read_text()
+    if path.suffix != ".jsonl":
+        return json.loads(text)
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # the line being written when the run was killed
+            continue
+    return dict(benchmarks=records, datetime=records[0]["datetime"] if records else "?")
+
+
 def load(path: str | Path) -> tuple[dict, list[Row]]:
-    """(run metadata, rows) of a pytest-benchmark JSON file."""
+    """(run metadata, rows) of a pytest-benchmark JSON file (or a .jsonl of partial records)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = _read(Path(path))
         benches = data["benchmarks"]
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"{path}: not a pytest-benchmark JSON file ({e}); write one with "
@@ -168,7 +184,8 @@ def render(data: dict, rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("json", help="a file written by `pytest benchmarks --benchmark-json FILE`")
+    p.add_argument("json", help="a file written by `pytest benchmarks --benchmark-json FILE`, or the .jsonl "
+                   "of HR2G_BENCH_PARTIAL")
     p.add_argument("--out", help="also write the markdown here")
     args = p.parse_args(argv)
     data, rows = load(args.json)

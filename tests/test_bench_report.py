@@ -80,3 +80,38 @@ def test_bad_file_names_itself(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="nope.json: not a pytest-benchmark JSON"):
         report.main([str(bad)])
+
+
+def test_partial_records_of_a_stopped_run_report_like_the_json(tmp_path):
+    """HR2G_BENCH_PARTIAL's JSON lines (one per finished benchmark; a killed run may leave the last
+    line cut) give the same rows and targets as the session's JSON would."""
+    benches = [_otam("train_5w1s", "triton", 40e-6), _otam("train_5w1s", "torch", 4e-3)]
+    lines = [json.dumps(dict(b, datetime="2026-11-25T10:00:00+00:00")) for b in benches]
+    path = tmp_path / "bench.jsonl"
+    path.write_text("\n".join(lines) + "\n" + lines[0][:37])  # the line being written at the kill
+    data, rows = report.load(path)
+    assert [(r.provider, r.median) for r in rows] == [("triton", 40e-6), ("torch", 4e-3)]
+    assert report.metadata(data, rows)["date"] == "2026-11-25"
+    got = {t.what: t for t in report.targets(rows)}
+    assert got["OTAM fwd+bwd, train episode: Triton vs reference loop"].ok is True
+
+
+def test_benchmarks_append_partial_records_as_they_finish(tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "partial.jsonl"
+    env = dict(os.environ, HR2G_BENCH_PARTIAL=str(out))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "benchmarks/test_bench_bank.py::test_bench_bank"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    n_passed = int(proc.stdout.split(" passed")[0].split()[-1])
+    assert len(records) == n_passed > 0
+    first = records[0]
+    assert first["name"].startswith("test_bench_bank[") and {"workload", "provider"} <= set(first["params"])
+    assert first["stats"]["rounds"] >= 1 and "device" in first["extra_info"]
+    _, rows = report.load(out)
+    assert len(rows) == len(records)
