@@ -69,10 +69,23 @@ setup() {
 # room for Inductor compiling on first use.
 timeout_opt() { "$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 
+# Seconds a stage may still run in this device call (see run_bench), 0 for no limit; fails (and
+# says so) when under 30 s are left.  $1: the stage, for the message.
+call_left() {
+  local budget=${HR2G_CALL_BUDGET:-570}
+  [ "$budget" -gt 0 ] || { echo 0; return 0; }
+  local left=$(( budget - SECONDS ))
+  if [ "$left" -lt 30 ]; then echo "gpu_session: $1 skipped: ${left} s left of this call's budget" >&2; return 1; fi
+  echo "$left"
+}
+
 tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
+  local left
+  left=$(call_left tests) || return 0
+  # SIGINT at the budget: pytest stops and still prints the summary of what ran
   # shellcheck disable=SC2046
-  "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 --junitxml="$OUT/tests.xml" $(timeout_opt 300) 2>&1 \
-    | tee "$OUT/tests.log" | tail -60
+  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 \
+    --junitxml="$OUT/tests.xml" $(timeout_opt 300) 2>&1 | tee "$OUT/tests.log" | tail -60
 }
 
 # A device call is killed at 600 s.  Benchmarks stop (SIGINT: pytest ends the session cleanly)
@@ -82,11 +95,8 @@ tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-
 # pole (Inductor compiling the OTAM reference, say) costs the figures after it, not all of them.
 run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json(l), .md
   local name=$1; shift
-  local budget=${HR2G_CALL_BUDGET:-570} left=0  # 0: no limit
-  if [ "$budget" -gt 0 ]; then
-    left=$(( budget - SECONDS ))
-    if [ "$left" -lt 30 ]; then echo "gpu_session: $name skipped: ${left} s left of this call's budget"; return 0; fi
-  fi
+  local left
+  left=$(call_left "$name") || return 0
   rm -f "$OUT/$name.json" "$OUT/$name.jsonl"
   # shellcheck disable=SC2046
   HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider "$@" \
