@@ -40,3 +40,14 @@ def assert_within_ref_error(name: str, got: torch.Tensor, refs_lp, ref64: torch.
 def kernel_devices() -> list[torch.device]:
     """Devices a kernel test runs on: the GPU when present, else the CPU (Triton interpreter)."""
     return [torch.device("cuda")] if torch.cuda.is_available() else [torch.device("cpu")]
+
+
+def nan_guarded(t: torch.Tensor, pad: int = 4096) -> torch.Tensor:
+    """A copy of ``t`` (same shape and strides as a contiguous tensor) inside a buffer whose ``pad``
+    elements before and after it are NaN: a kernel that reads past the tensor's extent -- a padded
+    row or channel block whose load is not masked -- gets NaN into its results.  (Under the Triton
+    interpreter such a read is silent; on a GPU it is garbage or an illegal-address fault.)"""
+    buf = torch.full((t.numel() + 2 * pad,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[pad:pad + t.numel()].view(t.shape)
+    view.copy_(t)
+    return view

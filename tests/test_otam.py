@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 
-from tests.helpers import assert_within_ref_error
+from tests.helpers import assert_within_ref_error, nan_guarded
 
 from hr2g import _dispatch, ops
 from hr2g.reference import OTAM_COS_EPS, otam_cosine_distance, otam_cum_dist, otam_distance_ref
@@ -223,6 +223,14 @@ def test_kernel_strided_inputs_and_zero_frame(device):
     query[0, 1, 3] = 0.0
     support = frames(1, 5, 2, 20, device=device).transpose(1, 2)  # [E, P=2, T'=5, C]
     assert not query.is_contiguous() and not support.is_contiguous()
+    check_against_reference(query, support, lam=0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t,tp,c", [(5, 3, 70), (17, 32, 40), (1, 1, 8)], ids=["T5x3-C70", "T17x32-C40", "T1-C8"])
+def test_kernel_reads_nothing_outside_its_inputs(device, t, tp, c):
+    """Inputs inside NaN guard zones, at sizes that pad both the frame tile (BT = 16 / 32) and the
+    last channel block: any unmasked padded load reaches the guard and poisons the result."""
+    query, support = nan_guarded(frames(1, 2, t, c, device=device)), nan_guarded(frames(1, 3, tp, c, device=device))
     check_against_reference(query, support, lam=0.5, atol=1e-5)
 
 

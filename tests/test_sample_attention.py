@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from hr2g import _dispatch, ops
 from hr2g.reference import sample_attention_ref
-from tests.helpers import assert_within_ref_error, kernel_devices
+from tests.helpers import assert_within_ref_error, kernel_devices, nan_guarded
 
 
 # --------------------------------------------------------------------------- helpers
@@ -146,6 +146,22 @@ def test_kernel_strided_inputs(device):
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, S, d], non-contiguous
     assert not q.is_contiguous()
     check_against_reference(q, k, v, 4)
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+@pytest.mark.parametrize("b,h,s,d,ns", [(1, 2, 17, 40, 9), (1, 1, 33, 24, None)], ids=["S17-d40-ns9", "S33-d24-nsall"])
+def test_kernel_reads_nothing_outside_its_inputs(device, b, h, s, d, ns):
+    """q, k, v and the upstream gradient inside NaN guard zones, at sizes that pad the row and key
+    blocks and the head dim: any unmasked padded load reaches the guard and poisons the result."""
+    q, k, v = (nan_guarded(x) for x in rand_qkv(b, h, s, d, device=device))
+    grad = nan_guarded(torch.randn(b, h, s, d, device=device))
+    xs = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = ops.sample_attention(*xs, ns, backend="triton")
+    out.backward(grad)
+    want = _grads(lambda a, b_, c: sample_attention_ref(a, b_, c, ns), (q, k, v), grad)
+    for name, got, ref in zip(("forward", "dq", "dk", "dv"), [out.detach()] + [x.grad for x in xs], want):
+        assert torch.isfinite(got).all(), f"{name}: NaN from outside the inputs"
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("device", kernel_devices(), ids=str)
