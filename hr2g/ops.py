@@ -11,9 +11,12 @@ import torch
 from hr2g._dispatch import BackendUnavailable, resolve  # noqa: F401  (re-exported)
 
 
-def _require(cond: bool, msg: str) -> None:
+def _require(cond: bool, msg) -> None:
+    """Raise ValueError(msg) unless cond; msg may be a callable that builds it.  (Most messages
+    are f-strings of shapes: formatted on every call they cost ~3 us per op, a good part of the
+    host time of one episode-sized kernel call, so they are built only on failure.)"""
     if not cond:
-        raise ValueError(msg)
+        raise ValueError(msg() if callable(msg) else msg)
 
 
 def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5, backend: str = "auto") -> torch.Tensor:
@@ -22,12 +25,12 @@ def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5, 
     query ``[..., Q, T, C]``, support ``[..., P, T', C]`` -> ``[..., Q, P]`` (leading dims, e.g.
     episodes, must match); fp32 for fp16/bf16/fp32 inputs.  Differentiable w.r.t. both inputs.
     """
-    _require(query.dim() >= 3 and support.dim() >= 3, f"otam_distance: query and support must be [..., N, T, C]; got {tuple(query.shape)} and {tuple(support.shape)}")
-    _require(query.dim() == support.dim() and query.shape[:-3] == support.shape[:-3], f"otam_distance: leading (episode) dims differ: query {tuple(query.shape)} vs support {tuple(support.shape)}")
-    _require(query.shape[-1] == support.shape[-1], f"otam_distance: channel dims differ: {query.shape[-1]} vs {support.shape[-1]}")
+    _require(query.dim() >= 3 and support.dim() >= 3, lambda: f"otam_distance: query and support must be [..., N, T, C]; got {tuple(query.shape)} and {tuple(support.shape)}")
+    _require(query.dim() == support.dim() and query.shape[:-3] == support.shape[:-3], lambda: f"otam_distance: leading (episode) dims differ: query {tuple(query.shape)} vs support {tuple(support.shape)}")
+    _require(query.shape[-1] == support.shape[-1], lambda: f"otam_distance: channel dims differ: {query.shape[-1]} vs {support.shape[-1]}")
     _require(query.shape[-2] >= 1 and support.shape[-2] >= 1, "otam_distance: sequences need at least one frame")
-    _require(query.dtype == support.dtype, f"otam_distance: dtypes differ: {query.dtype} vs {support.dtype}")
-    _require(float(lam) > 0, f"otam_distance: lam must be > 0, got {lam}")
+    _require(query.dtype == support.dtype, lambda: f"otam_distance: dtypes differ: {query.dtype} vs {support.dtype}")
+    _require(float(lam) > 0, lambda: f"otam_distance: lam must be > 0, got {lam}")
     _, fn = resolve("otam_distance", backend, query, support, float(lam))
     return fn(query, support, float(lam))
 
@@ -38,22 +41,22 @@ def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_suppor
     ``softmax(q k^T / sqrt(d)) v``; with ``n_support`` only the first ``n_support`` samples act
     as keys/values (ISC's support columns).  Differentiable w.r.t. q, k and v.
     """
-    _require(q.dim() == 4, f"sample_attention: q must be [B, H, S, d]; got {tuple(q.shape)}")
-    _require(q.shape == k.shape == v.shape, f"sample_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    _require(q.dtype == k.dtype == v.dtype, f"sample_attention: dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    _require(q.dim() == 4, lambda: f"sample_attention: q must be [B, H, S, d]; got {tuple(q.shape)}")
+    _require(q.shape == k.shape == v.shape, lambda: f"sample_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _require(q.dtype == k.dtype == v.dtype, lambda: f"sample_attention: dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     s = q.shape[2]
     if n_support is not None:
         n_support = int(n_support)
-        _require(1 <= n_support <= s, f"sample_attention: n_support must be in [1, S={s}], got {n_support}")
+        _require(1 <= n_support <= s, lambda: f"sample_attention: n_support must be in [1, S={s}], got {n_support}")
     _, fn = resolve("sample_attention", backend, q, k, v, n_support)
     return fn(q, k, v, n_support)
 
 
 def _check_bank(op: str, protos: torch.Tensor, bank: torch.Tensor, filled: int) -> int:
-    _require(protos.dim() == 2 and bank.dim() == 2, f"{op}: protos must be [M, C] and bank [G, C]; got {tuple(protos.shape)} and {tuple(bank.shape)}")
-    _require(protos.shape[1] == bank.shape[1], f"{op}: channel dims differ: protos C={protos.shape[1]}, bank C={bank.shape[1]}")
+    _require(protos.dim() == 2 and bank.dim() == 2, lambda: f"{op}: protos must be [M, C] and bank [G, C]; got {tuple(protos.shape)} and {tuple(bank.shape)}")
+    _require(protos.shape[1] == bank.shape[1], lambda: f"{op}: channel dims differ: protos C={protos.shape[1]}, bank C={bank.shape[1]}")
     filled = int(filled)
-    _require(0 <= filled <= bank.shape[0], f"{op}: filled must be in [0, G={bank.shape[0]}], got {filled}")
+    _require(0 <= filled <= bank.shape[0], lambda: f"{op}: filled must be in [0, G={bank.shape[0]}], got {filled}")
     return filled
 
 
@@ -67,8 +70,8 @@ def bank_retrieve(protos: torch.Tensor, bank: torch.Tensor, filled: int, topk: i
     filled = _check_bank("bank_retrieve", protos, bank, filled)
     topk = int(topk)
     if filled > 0:
-        _require(1 <= topk <= filled, f"bank_retrieve: topk must be in [1, filled={filled}], got {topk}")
-    _require(float(temperature) > 0, f"bank_retrieve: temperature must be > 0, got {temperature}")
+        _require(1 <= topk <= filled, lambda: f"bank_retrieve: topk must be in [1, filled={filled}], got {topk}")
+    _require(float(temperature) > 0, lambda: f"bank_retrieve: temperature must be > 0, got {temperature}")
     _, fn = resolve("bank_retrieve", backend, protos, bank, filled, topk, float(temperature))
     return fn(protos, bank, filled, topk, float(temperature))
 
@@ -80,6 +83,6 @@ def bank_update_(bank: torch.Tensor, filled: int, protos: torch.Tensor, momentum
     similar slot (cosine, ties -> lower slot).  No gradient flows.
     """
     filled = _check_bank("bank_update_", protos, bank, filled)
-    _require(0.0 <= float(momentum) <= 1.0, f"bank_update_: momentum must be in [0, 1], got {momentum}")
+    _require(0.0 <= float(momentum) <= 1.0, lambda: f"bank_update_: momentum must be in [0, 1], got {momentum}")
     _, fn = resolve("bank_update_", backend, bank, filled, protos, float(momentum))
     return int(fn(bank, filled, protos, float(momentum)))

@@ -244,6 +244,23 @@ def test_public_op_routes_to_kernel(device):
 
 
 # --------------------------------------------------------------------------- custom op
+def test_eager_path_equals_the_custom_op(device):
+    """Eager calls skip the custom op's dispatch (host time) but must launch exactly what it does."""
+    from hr2g.kernels import otam as kernel
+
+    query, support = frames(2, 2, 5, 24, device=device), frames(2, 3, 4, 24, device=device)
+    grad = torch.randn(2, 2, 3, device=device)
+
+    def run(fn):
+        q, s = query.clone().requires_grad_(), support.clone().requires_grad_()
+        out = fn(q, s, 0.5)
+        out.backward(grad)
+        return out.detach(), q.grad, s.grad
+
+    for a, b in zip(run(kernel._EagerOtam.apply), run(torch.ops.hr2g.otam_distance)):
+        assert torch.equal(a, b)
+
+
 def test_opcheck_forward(device):
     from hr2g.kernels import otam as kernel  # noqa: F401  (registers hr2g::otam_distance)
 

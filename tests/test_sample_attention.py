@@ -253,6 +253,28 @@ def test_non_support_samples_act_only_through_their_own_rows(backend):
 
 
 # --------------------------------------------------------------------------- registration
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+def test_eager_path_equals_the_custom_op(device):
+    """Eager calls skip the custom op's dispatch (host time) but must launch exactly what it does:
+    out, lse and every gradient, through both outputs, bit for bit."""
+    from hr2g.kernels import sample_attention as kernel
+
+    inputs = rand_qkv(2, 2, 11, 24, device=device)
+    g_out, g_lse = torch.randn(2, 2, 11, 24, device=device), torch.randn(2, 2, 11, device=device)
+
+    def run(fn):
+        xs = [x.detach().requires_grad_() for x in inputs]
+        out, lse = fn(*xs, 6)
+        ((out * g_out).sum() + (lse * g_lse).sum()).backward()
+        return [out.detach(), lse.detach()] + [x.grad for x in xs]
+
+    for a, b in zip(run(kernel._EagerAttention.apply), run(torch.ops.hr2g.sample_attention)):
+        assert torch.equal(a, b)
+    xs = [x.detach().requires_grad_() for x in inputs]
+    kernel.sample_attention(*xs, 6).sum().backward()  # the public function takes the eager path here
+    assert all(x.grad is not None for x in xs)
+
+
 def test_opcheck():
     from hr2g.kernels import sample_attention as kernel  # noqa: F401  (registers the ops)
 
