@@ -79,20 +79,30 @@ call_left() {
   echo "$left"
 }
 
-tests() {  # the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
-  local left
-  left=$(call_left tests) || return 0
-  # SIGINT at the budget: pytest stops and still prints the summary of what ran
+# pytest on the GPU -> $OUT/<name>.log (+ any extra pytest options); stops with SIGINT at this
+# call's budget (pytest still prints the summary of what ran).  $1: name, $2: lines to echo, rest: args.
+run_tests() {
+  local name=$1 lines=$2 left; shift 2
+  left=$(call_left "$name") || return 0
   # shellcheck disable=SC2046
-  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider tests -rs --durations=15 \
-    --junitxml="$OUT/tests.xml" $(timeout_opt 300) 2>&1 | tee "$OUT/tests.log" | tail -60
+  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rs $(timeout_opt 300) "$@" 2>&1 \
+    | tee "$OUT/$name.log" | tail -"$lines"
 }
+
+# the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
+tests() { run_tests tests 60 tests --durations=15 --junitxml="$OUT/tests.xml"; }
+# the kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): for a call that
+# has no time for the whole suite
+kernel_tests() {
+  run_tests kernel_tests 30 tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py tests/test_bank_simt.py
+}
+dali_tests() { run_tests dali_tests 30 tests/test_dali.py; }  # after `dali`: DALI's GPU pipelines vs PyAV / PIL
 
 # A device call is killed at 600 s.  Benchmarks stop (SIGINT: pytest ends the session cleanly)
 # once this call has run HR2G_CALL_BUDGET seconds (default 570: build included, report time left;
-# 0: no limit -- `timeout 0` never fires),
-# and every finished benchmark is already in $OUT/<name>.jsonl (HR2G_BENCH_PARTIAL), so a long
-# pole (Inductor compiling the OTAM reference, say) costs the figures after it, not all of them.
+# 0: no limit -- `timeout 0` never fires), and every finished benchmark is already in
+# $OUT/<name>.jsonl (HR2G_BENCH_PARTIAL), so a long pole (Inductor compiling the OTAM reference,
+# say) costs the figures after it, not all of them.
 run_bench() {  # $1: name, then the benchmark files; medians of synchronised rounds -> $OUT/<name>.json(l), .md
   local name=$1; shift
   local left
@@ -105,25 +115,9 @@ run_bench() {  # $1: name, then the benchmark files; medians of synchronised rou
   [ $rc -eq 124 ] && echo "gpu_session: $name stopped at this call's budget (${left} s); reporting what finished"
   grep -E "passed|failed|error" "$OUT/$name.log" | tail -3
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/$name.log" | head -20
-  if [ -s "$OUT/$name.json" ]; then
-    "$PY" benchmarks/report.py "$OUT/$name.json" --out "$OUT/$name.md"
-  elif [ -s "$OUT/$name.jsonl" ]; then
-    "$PY" benchmarks/report.py "$OUT/$name.jsonl" --out "$OUT/$name.md"
-  fi
-}
-
-# The kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): a subset of
-# `tests`, for a call that has no time for the whole suite.
-kernel_tests() {
-  # shellcheck disable=SC2046
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py \
-    tests/test_bank_simt.py -rs $(timeout_opt 300) 2>&1 \
-    | tee "$OUT/kernel_tests.log" | tail -30
-}
-
-dali_tests() {  # after `dali`: DALI's GPU pipelines against PyAV / PIL
-  # shellcheck disable=SC2046
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_dali.py -rs $(timeout_opt 300) 2>&1 | tee "$OUT/dali_tests.log" | tail -30
+  local records="$OUT/$name.json"
+  [ -s "$records" ] || records="$OUT/$name.jsonl"  # pytest-benchmark leaves its JSON empty when stopped
+  [ -s "$records" ] && "$PY" benchmarks/report.py "$records" --out "$OUT/$name.md"
 }
 
 # Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the
