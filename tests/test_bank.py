@@ -232,15 +232,18 @@ def test_ext_retrieve_matches_reference(device, dtype, m, g, c, filled, topk):
     assert_within_bound(g_ext, g_low, g_exact, dtype)
 
 
-def test_ext_retrieve_ties_pick_the_lower_slot(device):
+# Scenarios shared with tests/test_bank_simt.py (the CUDA kernels on the CPU emulator):
+# ``retrieve_full(protos, bank, filled, topk, temperature)`` -> (out, index, weights) and
+# ``update_(bank, filled, protos, momentum)`` in place are the implementation under test.
+def check_retrieve_ties_pick_the_lower_slot(retrieve_full, device):
     bank = torch.randn(12, 16, dtype=torch.float64, device=device)
     bank[7], bank[9], bank[10] = bank[2], bank[2], bank[5]
     protos = torch.randn(6, 16, dtype=torch.float64, device=device)
     protos[3] = protos[1]
     protos[4] = bank[2] + 1e-3
-    protos[5] = 0.0
+    protos[5] = 0.0  # all similarities exactly 0: the first topk slots, uniform weights
     for topk in (1, 2, 4, 12):
-        out, index, weights = ext_retrieve_full(protos, bank, 12, topk)
+        out, index, weights = retrieve_full(protos, bank, 12, topk, 1.0)
         torch.testing.assert_close(out.cpu(), naive_retrieve(protos.cpu(), bank.cpu(), 12, topk), rtol=1e-12, atol=1e-12)
         assert torch.equal(out[3], out[1]) and torch.equal(index[3], index[1])
         for row in index.tolist():  # a duplicate may be chosen only after its lower twin, right after it
@@ -252,16 +255,61 @@ def test_ext_retrieve_ties_pick_the_lower_slot(device):
         torch.testing.assert_close(weights[5], torch.full((topk,), 1.0 / topk, dtype=torch.float64, device=device))
 
 
-def test_ext_retrieve_index_and_weights(device):
+def check_retrieve_index_and_weights(retrieve_full, device):
     protos = torch.randn(9, 40, device=device)
     bank = torch.randn(30, 40, device=device)
-    out, index, weights = ext_retrieve_full(protos, bank, 25, 6, 0.3)
+    out, index, weights = retrieve_full(protos, bank, 25, 6, 0.3)
     sims = torch.nn.functional.normalize(protos, eps=BANK_NORM_EPS) @ torch.nn.functional.normalize(bank[:25], eps=BANK_NORM_EPS).T
     want = sims.sort(dim=1, descending=True, stable=True)
     assert index.dtype == torch.int64 and weights.dtype == torch.float32
     assert torch.equal(index, want.indices[:, :6])
     torch.testing.assert_close(weights, torch.softmax(want.values[:, :6] / 0.3, dim=1))
     torch.testing.assert_close(out, torch.einsum("mk,mkc->mc", weights, bank[index]))
+
+
+def check_update_ties_move_the_lower_slot(update_, device, dups=(1, 31, 32, 48, 49)):
+    bank = torch.randn(50, 512, dtype=torch.float64, device=device)
+    for dup in dups:  # inside and across warp / block boundaries
+        for i in (0, dup - 1):
+            b = bank.clone()
+            b[dup] = b[i]
+            p = (b[i] + 0.05 * torch.randn(512, dtype=torch.float64, device=device))[None]
+            want, _ = naive_update(b.cpu(), 50, p.cpu(), 0.9)
+            update_(b, 50, p, 0.9)
+            assert torch.equal(b.cpu(), want), (i, dup)
+    b = bank.clone()
+    update_(b, 50, torch.zeros(2, 512, dtype=torch.float64, device=device), 0.5)  # all sims exactly 0
+    assert torch.equal(b[1:], bank[1:]) and torch.equal(b[0], bank[0] * 0.5 * 0.5)
+
+
+def check_update_ties_hold_after_a_move(update_, device, dtype, channels=(64, 512, 768), trials=3,
+                                        pairs=((0, 1), (3, 35), (5, 39), (31, 32), (2, 33), (7, 8), (20, 21), (30, 38))):
+    """A slot that a move leaves bit-equal to another slot must still tie with it exactly, so the
+    next tie goes to the lower slot.  Step 1 feeds x = bank[lo] = bank[hi]: slot lo moves to
+    0.5 x + 0.5 x == x (exact); step 2 feeds y near x: lo and hi tie again.  Catches a refreshed row
+    norm computed in another summation order than the initial ones (the CUDA kernel once summed the
+    moved row block-wide but the others warp-wise: different roundings for ~half of all rows)."""
+    wrong = []
+    for c, trial, (lo, hi) in itertools.product(channels, range(trials), pairs):
+        bank = torch.randn(40, c, dtype=dtype, device=device)
+        bank[hi] = bank[lo]
+        x = bank[lo].clone()
+        y = x + 0.05 * x.norm() / c**0.5 * torch.randn_like(x)
+        protos = torch.stack([x, y])
+        want, _ = naive_update(bank.cpu(), 40, protos.cpu(), 0.5)
+        got = bank.clone()
+        update_(got, 40, protos, 0.5)
+        if not torch.equal(got.cpu(), want):
+            wrong.append((c, trial, lo, hi))
+    assert not wrong, f"(C, trial, lower, upper) where a tie after a move went wrong: {wrong}"
+
+
+def test_ext_retrieve_ties_pick_the_lower_slot(device):
+    check_retrieve_ties_pick_the_lower_slot(ext_retrieve_full, device)
+
+
+def test_ext_retrieve_index_and_weights(device):
+    check_retrieve_index_and_weights(ext_retrieve_full, device)
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-10, 5e-9, 2e-8, 1e-4], ids=lambda s: f"norm{s:g}")
@@ -350,46 +398,18 @@ def test_ext_update_long_sequence_bitwise(device, dtype):
 
 
 def test_ext_update_ties_move_the_lower_slot(device):
-    bank = torch.randn(50, 512, dtype=torch.float64, device=device)
-    protos = torch.empty(0, 512, dtype=torch.float64, device=device)
-    ext = require_ext("bank_update_", bank, 50, protos, 0.9)
-    for dup in (1, 31, 32, 48, 49):  # inside and across warp / block boundaries
-        for i in (0, dup - 1):
-            b = bank.clone()
-            b[dup] = b[i]
-            p = (b[i] + 0.05 * torch.randn(512, dtype=torch.float64, device=device))[None]
-            want, _ = naive_update(b.cpu(), 50, p.cpu(), 0.9)
-            ext.bank_update_(b, 50, p, 0.9)
-            assert torch.equal(b.cpu(), want), (i, dup)
-    b = bank.clone()
-    ext.bank_update_(b, 50, torch.zeros(2, 512, dtype=torch.float64, device=device), 0.5)  # all sims exactly 0
-    assert torch.equal(b[1:], bank[1:]) and torch.equal(b[0], bank[0] * 0.5 * 0.5)
+    ext = require_ext("bank_update_", torch.randn(50, 512, dtype=torch.float64, device=device), 50,
+                      torch.empty(0, 512, dtype=torch.float64, device=device), 0.9)
+    check_update_ties_move_the_lower_slot(ext.bank_update_, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=DTYPE_ID.get)
 def test_ext_update_ties_hold_after_a_move(device, dtype):
-    """A slot that a move leaves bit-equal to another slot must still tie with it exactly, so the
-    next tie goes to the lower slot.  Step 1 feeds x = bank[lo] = bank[hi]: slot lo moves to
-    0.5 x + 0.5 x == x (exact); step 2 feeds y near x: lo and hi tie again.  Catches a refreshed row
-    norm computed in another summation order than the initial ones (the CUDA kernel once summed the
-    moved row block-wide but the others warp-wise: different roundings for ~half of all rows)."""
-    wrong = []
     # ~20% of random rows at C=512/768 fp32 give a block-wide norm above the warp-wise one (the
-    # failing direction): 72 cases make a miss of such a bug about 1e-5 likely
-    for c, trial in itertools.product((64, 512, 768), range(3)):
-        for lo, hi in ((0, 1), (3, 35), (5, 39), (31, 32), (2, 33), (7, 8), (20, 21), (30, 38)):
-            bank = torch.randn(40, c, dtype=dtype, device=device)
-            bank[hi] = bank[lo]
-            x = bank[lo].clone()
-            y = x + 0.05 * x.norm() / c**0.5 * torch.randn_like(x)
-            protos = torch.stack([x, y])
-            ext = require_ext("bank_update_", bank, 40, protos, 0.5)
-            want, _ = naive_update(bank.cpu(), 40, protos.cpu(), 0.5)
-            got = bank.clone()
-            ext.bank_update_(got, 40, protos, 0.5)
-            if not torch.equal(got.cpu(), want):
-                wrong.append((c, trial, lo, hi))
-    assert not wrong, f"(C, trial, lower, upper) where a tie after a move went wrong: {wrong}"
+    # failing direction): the default 72 cases make a miss of such a bug about 1e-5 likely
+    bank = torch.randn(40, 64, dtype=dtype, device=device)
+    ext = require_ext("bank_update_", bank, 40, bank[:2].clone(), 0.5)
+    check_update_ties_hold_after_a_move(ext.bank_update_, device, dtype)
 
 
 def test_ext_update_casts_protos_to_the_bank_dtype(device):

@@ -10,14 +10,14 @@ tests/test_bank.py runs the compiled kernels for real.
 """
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 import simt_bank
 from hr2g.reference import bank_retrieve_ref, bank_update_ref_
-from test_bank import ATOL, DTYPE_ID, DTYPES, assert_within_bound, clustered, naive_retrieve, naive_update, smallest_top2_gap
+from test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrieve_index_and_weights,
+                       check_retrieve_ties_pick_the_lower_slot, check_update_ties_hold_after_a_move,
+                       check_update_ties_move_the_lower_slot, clustered, smallest_top2_gap)
 
 ORDERS = [("forward", 0), ("reverse", 0), ("random", 1), ("random", 2)]
 
@@ -122,28 +122,11 @@ def test_retrieve_kernels_match_reference(simt, dtype, m, g, c, filled, topk):
 
 
 def test_retrieve_index_and_weights_follow_the_sort(simt):
-    protos, bank = torch.randn(9, 40, dtype=torch.float64), torch.randn(30, 40, dtype=torch.float64)
-    _, index, weights = simt.retrieve(protos, bank, 25, 6, 0.3)
-    sims = torch.nn.functional.normalize(protos, dim=1) @ torch.nn.functional.normalize(bank[:25], dim=1).T
-    want = sims.sort(dim=1, descending=True, stable=True)
-    assert torch.equal(index, want.indices[:, :6])
-    torch.testing.assert_close(weights, torch.softmax(want.values[:, :6] / 0.3, dim=1))
+    check_retrieve_index_and_weights(simt.retrieve, "cpu")
 
 
 def test_retrieve_ties_pick_the_lower_slot(simt):
-    bank = torch.randn(12, 16, dtype=torch.float64)
-    bank[7], bank[9], bank[10] = bank[2], bank[2], bank[5]
-    protos = torch.randn(6, 16, dtype=torch.float64)
-    protos[3] = protos[1]
-    protos[4] = bank[2] + 1e-3
-    protos[5] = 0.0  # all similarities exactly 0: the first topk slots, uniform weights
-    for topk in (1, 2, 4, 12):
-        out, index, weights = simt.retrieve(protos, bank, 12, topk)
-        torch.testing.assert_close(out, naive_retrieve(protos, bank, 12, topk), rtol=1e-12, atol=1e-12)
-        assert torch.equal(index[3], index[1])
-        assert index[4, :min(topk, 3)].tolist() == [2, 7, 9][:topk]
-        assert index[5].tolist() == list(range(topk))
-        torch.testing.assert_close(weights[5], torch.full((topk,), 1.0 / topk, dtype=torch.float64))
+    check_retrieve_ties_pick_the_lower_slot(simt.retrieve, "cpu")
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-10, 1e-4], ids=lambda s: f"norm{s:g}")
@@ -199,36 +182,16 @@ def test_update_kernel_long_sequence_bitwise(simt, dtype):
 
 
 def test_update_kernel_ties_move_the_lower_slot(simt):
-    bank = torch.randn(50, 512, dtype=torch.float64)
-    for dup in (1, 31, 32, 49):  # inside and across warp boundaries (32 warps of 32 lanes)
-        for i in (0, dup - 1):
-            b = bank.clone()
-            b[dup] = b[i]
-            p = (b[i] + 0.05 * torch.randn(512, dtype=torch.float64))[None]
-            want, _ = naive_update(b, 50, p, 0.9)
-            simt.update_(b, 50, p, 0.9)
-            assert torch.equal(b, want), (i, dup)
-    b = bank.clone()
-    simt.update_(b, 50, torch.zeros(2, 512, dtype=torch.float64), 0.5)  # all similarities exactly 0
-    assert torch.equal(b[1:], bank[1:]) and torch.equal(b[0], bank[0] * 0.5 * 0.5)
+    # duplicates inside and across the update block's 32 warps
+    check_update_ties_move_the_lower_slot(simt.update_, "cpu", dups=(1, 31, 32, 49))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=DTYPE_ID.get)
 def test_update_kernel_ties_hold_after_a_move(simt, dtype):
-    """A move that leaves slot lo bit-equal to slot hi (0.5 x + 0.5 x == x) must keep them tied,
-    so the next near-x prototype moves lo: the refreshed norm must be summed like the initial ones."""
-    wrong = []
-    for c, (lo, hi) in itertools.product((64, 512), ((0, 1), (3, 35), (31, 32), (2, 33), (30, 38))):
-        bank = torch.randn(40, c, dtype=dtype)
-        bank[hi] = bank[lo]
-        x = bank[lo].clone()
-        protos = torch.stack([x, x + 0.05 * x.norm() / c**0.5 * torch.randn_like(x)])
-        want, _ = naive_update(bank, 40, protos, 0.5)
-        got = bank.clone()
-        simt.update_(got, 40, protos, 0.5)
-        if not torch.equal(got, want):
-            wrong.append((c, lo, hi))
-    assert not wrong, f"(C, lower, upper) where a tie after a move went wrong: {wrong}"
+    """tests/test_bank.py's scenario on fewer cases (emulator time): a move that leaves slot lo
+    bit-equal to slot hi must keep them tied (the moved row's norm summed like the initial ones)."""
+    check_update_ties_hold_after_a_move(simt.update_, "cpu", dtype, channels=(64, 512), trials=1,
+                                        pairs=((0, 1), (3, 35), (31, 32), (2, 33), (30, 38)))
 
 
 # --------------------------------------------------------------------------- barriers
