@@ -42,12 +42,28 @@ def kernel_devices() -> list[torch.device]:
     return [torch.device("cuda")] if torch.cuda.is_available() else [torch.device("cpu")]
 
 
+class Guarded:
+    """A contiguous copy of ``t`` (``.view``) inside a buffer whose ``pad`` elements before and
+    after it are NaN (-1 for integer dtypes): a kernel that reads past the tensor's extent -- a
+    padded row or channel block whose load is not masked -- gets NaN into its results (under the
+    Triton interpreter such a read is silent; on a GPU it is garbage or an illegal-address fault),
+    and one that writes past it leaves the guards changed (``check``)."""
+
+    def __init__(self, t: torch.Tensor, pad: int = 4096):
+        self.pad, self.fill = pad, (float("nan") if t.is_floating_point() else -1)
+        self.buf = torch.full((t.numel() + 2 * pad,), self.fill, dtype=t.dtype, device=t.device)
+        self.view = self.buf[pad:pad + t.numel()].view(t.shape)
+        self.view.copy_(t)
+
+    def check(self, name: str) -> torch.Tensor:
+        """``view``, after asserting that nothing was written into the guards."""
+        for side in (self.buf[:self.pad], self.buf[self.pad + self.view.numel():]):
+            intact = torch.all(side.isnan()) if self.fill != -1 else torch.all(side == -1)
+            if not intact:
+                raise AssertionError(f"the kernel wrote outside {name}")
+        return self.view
+
+
 def nan_guarded(t: torch.Tensor, pad: int = 4096) -> torch.Tensor:
-    """A copy of ``t`` (same shape and strides as a contiguous tensor) inside a buffer whose ``pad``
-    elements before and after it are NaN: a kernel that reads past the tensor's extent -- a padded
-    row or channel block whose load is not masked -- gets NaN into its results.  (Under the Triton
-    interpreter such a read is silent; on a GPU it is garbage or an illegal-address fault.)"""
-    buf = torch.full((t.numel() + 2 * pad,), float("nan"), dtype=t.dtype, device=t.device)
-    view = buf[pad:pad + t.numel()].view(t.shape)
-    view.copy_(t)
-    return view
+    """``t`` copied inside NaN guard zones (see :class:`Guarded`)."""
+    return Guarded(t, pad).view

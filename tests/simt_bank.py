@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from tests.helpers import Guarded
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "simt" / "bank_simt.cpp"
-KERNELS = ROOT / "csrc" / "cuda" / "bank_kernels.cuh"
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 ORDERS = {"forward": 0, "reverse": 1, "random": 2}  # the emulator's thread orders (simt.h)
 GUARD = 64  # elements of NaN before and after every buffer
@@ -70,25 +71,8 @@ def build_selftest(out_dir: Path):
     return run
 
 
-class _Guarded:
-    """A contiguous CPU copy of ``t`` inside a NaN-filled buffer (int64: -1), GUARD elements each side."""
-
-    def __init__(self, t: torch.Tensor):
-        fill = -1 if t.dtype == torch.int64 else float("nan")
-        self.buf = torch.full((t.numel() + 2 * GUARD,), fill, dtype=t.dtype)
-        self.view = self.buf[GUARD:GUARD + t.numel()].view(t.shape)
-        self.view.copy_(t)
-        self.fill = fill
-
-    def ptr(self):
-        return ctypes.c_void_p(self.view.data_ptr())
-
-    def check(self, name: str) -> torch.Tensor:
-        for side in (self.buf[:GUARD], self.buf[GUARD + self.view.numel():]):
-            intact = torch.all(side == -1) if self.fill == -1 else torch.all(side.isnan())
-            if not intact:
-                raise AssertionError(f"the kernel wrote outside {name}")
-        return self.view
+def _ptr(g: Guarded) -> ctypes.c_void_p:
+    return ctypes.c_void_p(g.view.data_ptr())
 
 
 class SimtBank:
@@ -114,27 +98,27 @@ class SimtBank:
         """(out, index, weights) of one retrieve_kernel launch (filled >= 1, M >= 1)."""
         m, c = protos.shape
         acc = torch.float64 if protos.dtype == torch.float64 else torch.float32
-        p, b = _Guarded(protos), _Guarded(bank[:filled])  # rows past `filled` must not be read
-        out = _Guarded(torch.empty_like(protos))
-        index = _Guarded(torch.empty(m, topk, dtype=torch.int64))
-        weights = _Guarded(torch.empty(m, topk, dtype=acc))
-        self._call(self.lib.hr2g_simt_retrieve, DTYPE_CODE[protos.dtype], ORDERS[order], seed, p.ptr(), b.ptr(), m, c,
-                   filled, topk, temperature, out.ptr(), index.ptr(), weights.ptr())
+        p, b = Guarded(protos, GUARD), Guarded(bank[:filled], GUARD)  # rows past `filled` must not be read
+        out = Guarded(torch.empty_like(protos), GUARD)
+        index = Guarded(torch.empty(m, topk, dtype=torch.int64), GUARD)
+        weights = Guarded(torch.empty(m, topk, dtype=acc), GUARD)
+        self._call(self.lib.hr2g_simt_retrieve, DTYPE_CODE[protos.dtype], ORDERS[order], seed, _ptr(p), _ptr(b), m, c,
+                   filled, topk, temperature, _ptr(out), _ptr(index), _ptr(weights))
         return out.check("out").clone(), index.check("index").clone(), weights.check("weights").clone()
 
     def retrieve_backward(self, grad_out, protos, bank, index, weights, temperature=1.0, order="forward", seed=0):
         m, c = protos.shape
-        args = [_Guarded(t) for t in (grad_out, protos, bank, index, weights)]
-        grad = _Guarded(torch.empty_like(protos))
+        args = [Guarded(t, GUARD) for t in (grad_out, protos, bank, index, weights)]
+        grad = Guarded(torch.empty_like(protos), GUARD)
         self._call(self.lib.hr2g_simt_retrieve_backward, DTYPE_CODE[protos.dtype], ORDERS[order], seed,
-                   *[a.ptr() for a in args], m, c, bank.shape[0], index.shape[1], temperature, grad.ptr())
+                   *[_ptr(a) for a in args], m, c, bank.shape[0], index.shape[1], temperature, _ptr(grad))
         return grad.check("grad_protos").clone()
 
     def update_(self, bank, filled, protos, momentum, order="forward", seed=0) -> int:
         """The update kernel on ``bank`` in place (protos cast to the bank's dtype first, as bank.cu does)."""
         g, c = bank.shape
-        b, p = _Guarded(bank), _Guarded(protos.to(bank.dtype))
-        self._call(self.lib.hr2g_simt_update, DTYPE_CODE[bank.dtype], ORDERS[order], seed, b.ptr(), p.ptr(), g, c,
+        b, p = Guarded(bank, GUARD), Guarded(protos.to(bank.dtype), GUARD)
+        self._call(self.lib.hr2g_simt_update, DTYPE_CODE[bank.dtype], ORDERS[order], seed, _ptr(b), _ptr(p), g, c,
                    filled, protos.shape[0], momentum)
         bank.copy_(b.check("bank"))
         return min(g, filled + protos.shape[0])

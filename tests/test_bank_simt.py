@@ -13,11 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import simt_bank
 from hr2g.reference import bank_retrieve_ref, bank_update_ref_
-from test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrieve_index_and_weights,
-                       check_retrieve_ties_pick_the_lower_slot, check_update_ties_hold_after_a_move,
-                       check_update_ties_move_the_lower_slot, clustered, smallest_top2_gap)
+from tests import simt_bank
+from tests.test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrieve_index_and_weights,
+                             check_retrieve_ties_pick_the_lower_slot, check_update_ties_hold_after_a_move,
+                             check_update_ties_move_the_lower_slot, clustered, smallest_top2_gap)
 
 ORDERS = [("forward", 0), ("reverse", 0), ("random", 1), ("random", 2)]
 

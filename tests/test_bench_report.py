@@ -1,6 +1,8 @@
 """benchmarks/report.py: speedups and issue targets from a pytest-benchmark JSON."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,9 +99,6 @@ def test_partial_records_of_a_stopped_run_report_like_the_json(tmp_path):
 
 
 def test_benchmarks_append_partial_records_as_they_finish(tmp_path):
-    import os
-    import subprocess
-
     root = Path(__file__).parents[1]
     out = tmp_path / "partial.jsonl"
     env = dict(os.environ, HR2G_BENCH_PARTIAL=str(out))
