@@ -296,14 +296,10 @@ def test_torch_compile_fullgraph(device):
 
 
 _COMPILE_SCRIPT = textwrap.dedent("""
-    import os, re, subprocess, sys, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from hr2g.kernels import otam as K
+    from tests.sm90 import compile_sm90
 
     assert not K._INTERPRET
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ptrs = {"out_ptr": "DT", "g_ptr": "DT", "q_ptr": "DT", "s_ptr": "DT", "w_ptr": "fp32", "rq_ptr": "fp32", "rs_ptr": "fp32"}
     # every config the autotuner may time, per (dtype, BT): fp32's IEEE dot and a tensor-core dtype
     for dt, dot_fp32 in (("fp32", True), ("bf16", False)):
@@ -319,20 +315,9 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                             sig[name] = "*" + ptrs[name].replace("DT", dt)
                         else:
                             sig[name] = "fp32" if name in ("lam", "eps") else "i32"
-                    out = triton.compile(ASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32),
-                                         options=dict(num_warps=cfg.num_warps))
-                    assert out.asm["cubin"], (kern.__name__, dt, bt)
-                    usage = ""
-                    if os.path.exists(cuobjdump):
-                        path = os.path.join(tempfile.mkdtemp(), "k.cubin")
-                        with open(path, "wb") as f:
-                            f.write(out.asm["cubin"])
-                        usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
-                        stack = int(re.search(r"STACK:(\\d+)", usage).group(1))
-                        # Triton 3.6 parks 8-16 B on the stack in a few bf16 backward configs at 72-168
-                        # registers; pressure spills are 100s of bytes at 255 (the pruned configs)
-                        assert stack <= 16, f"{kern.__name__} {dt} BT={bt} {cfg}: spills ({usage.strip()})"
-                    print("compiled", kern.__name__, dt, bt, cfg, " ".join(re.findall(r"REG:\\d+|STACK:\\d+", usage)), flush=True)
+                    what = f"{kern.__name__} {dt} BT={bt} {cfg}"
+                    _, usage = compile_sm90(kern, sig, consts, cfg.num_warps, what)
+                    print("compiled", what, usage, flush=True)
 """)
 
 
@@ -341,15 +326,13 @@ def test_kernels_compile_for_h100():
     (about 45 s on 2 cores): the interpreter does not enforce tl.dot's >= 16 dims, power-of-2
     shapes or loop-carried type stability; the compiler does.  Where triton ships cuobjdump, no
     config may spill registers either (checked with Triton 3.8, CI's, and 3.6, the GPU image's)."""
-    import triton
+    from tests.sm90 import ptxas_missing
 
-    from hr2g.kernels import otam as K
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas) and "TRITON_PTXAS_PATH" not in os.environ:
-        pytest.skip(f"triton {triton.__version__} ships no ptxas at {ptxas}: cannot build cubin")
+    if (why := ptxas_missing()) is not None:
+        pytest.skip(why)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # (fwd, bwd) x the kept configs of test_autotune_configs_and_pruning: 6 + 4 (fp32), 8 + 6 (bf16)
     assert proc.stdout.count("compiled") == 2 * (6 + 4 + 8 + 6), proc.stdout

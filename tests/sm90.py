@@ -1,0 +1,48 @@
+"""Compile a Triton kernel to sm_90 (H100) machine code without a GPU and check its resources.
+
+Used by the compile tests of kernels/*.py, inside a subprocess without ``TRITON_INTERPRET`` (the
+interpreter does not enforce tl.dot's >= 16 dims, power-of-2 shapes, loop-carried type stability
+or register pressure; the compiler does).  Imports triton only when called.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+# ptxas parks a word or three on the stack at some low-register tiles (8-16 B at 64-168 registers,
+# Triton 3.6 and 3.8); spills from register pressure are 100s of bytes at 255 registers
+MAX_STACK_BYTES = 16
+
+
+def ptxas_missing() -> str | None:
+    """Why cubin cannot be built here, or None."""
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and "TRITON_PTXAS_PATH" not in os.environ:
+        return f"triton {triton.__version__} ships no ptxas at {ptxas}: cannot build cubin"
+    return None
+
+
+def compile_sm90(kern, sig: dict, consts: dict, num_warps: int, what: str):
+    """Compile ``kern`` (a ``@triton.jit`` function's ``.fn``) and assert it does not spill where
+    triton ships cuobjdump.  Returns (compiled kernel, "REG:n STACK:n" or "")."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    out = triton.compile(ASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    assert out.asm["cubin"], what
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(cuobjdump):
+        return out, ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(out.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+    assert stack <= MAX_STACK_BYTES, f"{what}: spills ({usage.strip()})"
+    return out, " ".join(re.findall(r"REG:\d+|STACK:\d+", usage))
