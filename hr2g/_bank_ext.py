@@ -51,13 +51,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _bank_retrieve_fake(protos, bank, filled, topk, temperature):
     m = protos.shape[0]
     k = topk if filled > 0 else 0
-    return (torch.empty_like(protos), protos.new_empty((m, k), dtype=torch.int64),
+    # the C++ op makes protos contiguous first: its outputs are contiguous whatever protos' strides
+    return (protos.new_empty(protos.shape), protos.new_empty((m, k), dtype=torch.int64),
             protos.new_empty((m, k), dtype=_acc_dtype(protos.dtype)))
 
 
 @torch.library.register_fake("hr2g::bank_retrieve_backward")
 def _bank_retrieve_backward_fake(grad_out, protos, bank, index, weights, temperature):
-    return torch.empty_like(protos)
+    return protos.new_empty(protos.shape)
 
 
 @torch.library.register_fake("hr2g::bank_update_")
@@ -119,8 +120,10 @@ def unsupported_reason(op: str, *args) -> str | None:
     """Why the compiled kernels cannot run ``op`` on these arguments (the dispatcher's contract)."""
     if op == "bank_retrieve":
         protos, bank, topk = args[0], args[1], int(args[3])
+        slots = min(max(int(args[2]), 0), bank.shape[0])  # retrieval stages the filled slots' similarities only
     elif op == "bank_update_":
         bank, protos, topk = args[0], args[2], 0
+        slots = bank.shape[0]
     else:
         return f"hr2g._C implements bank_retrieve and bank_update_, not {op}"
     if bank.dtype not in DTYPES:
@@ -144,7 +147,7 @@ def unsupported_reason(op: str, *args) -> str | None:
         if not WITH_CUDA:
             return ("hr2g._C was built without its CUDA kernels (no nvcc / CPU-only torch / HR2G_NO_CUDA=1 at build "
                     "time); rebuild with CUDA_HOME set: `pip install --no-build-isolation -e .`")
-        need = _smem_bytes(op, bank.dtype, bank.shape[1], bank.shape[0], topk)
+        need = _smem_bytes(op, bank.dtype, bank.shape[1], slots, topk)
         have = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 48 * 1024)
         if need > have:
             return f"C={bank.shape[1]}, G={bank.shape[0]} need {need} bytes of shared memory per block, the GPU has {have}"

@@ -333,7 +333,8 @@ def _backward(grad: torch.Tensor, query: torch.Tensor, support: torch.Tensor, la
     e, q, t, c = query.shape
     p, tp = support.shape[1], support.shape[2]
     if e * q * p == 0:
-        return torch.zeros_like(query), torch.zeros_like(support)
+        return (torch.zeros_like(query, memory_format=torch.contiguous_format),
+                torch.zeros_like(support, memory_format=torch.contiguous_format))
     grad = grad.reshape(-1)  # [E*Q*P]; a view where possible (.sum()'s expanded grad keeps stride 0)
     f32 = dict(device=query.device, dtype=torch.float32)
     w = torch.empty((e, q, p, t, tp), **f32)
@@ -367,7 +368,9 @@ def _otam_bwd_op(grad: torch.Tensor, query: torch.Tensor, support: torch.Tensor,
 
 @_otam_bwd_op.register_fake
 def _(grad, query, support, lam):
-    return torch.empty_like(query), torch.empty_like(support)
+    # _backward's gradients are contiguous whatever the inputs' strides (einsum results)
+    return (torch.empty_like(query, memory_format=torch.contiguous_format),
+            torch.empty_like(support, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output):
@@ -408,8 +411,9 @@ def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5) 
     launches without the custom op's dispatch.
     """
     lead = query.shape[:-3]
-    q3 = query.reshape(-1, *query.shape[-3:])  # [E, Q, T, C]
-    s3 = support.reshape(-1, *support.shape[-3:])  # [E, P, T', C]
+    e = math.prod(lead)  # not reshape(-1): that is ambiguous when Q, P or C is 0
+    q3 = query.reshape(e, *query.shape[-3:])  # [E, Q, T, C]
+    s3 = support.reshape(e, *support.shape[-3:])  # [E, P, T', C]
     op = _otam_op if torch.compiler.is_compiling() else _EagerOtam.apply
     out = op(q3, s3, float(lam))  # [E, Q, P]
     return out.reshape(*lead, query.shape[-3], support.shape[-3])

@@ -212,7 +212,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, d
 
 
 # --------------------------------------------------------------------------- host side
-def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool) -> dict:
+def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool, precision: str = "ieee") -> dict:
     """Block sizes and warps for one shape (no autotuning: the interpreter would run every config,
     and the episode shapes are few and small).
 
@@ -226,13 +226,15 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool) -> di
     211 / 124 (but 8 warps spill 16 B on 3.8), 16 x 16 x d128 needs 8 warps (197 / 122; 4 spill
     232 B on 3.6).  bf16 / fp16: forward 64 x 64 x d128 at 8 warps needs 172 / 216; backward
     64 x 64 x d64 spills 24 B on 3.6, 32 x 32 x d128 at 8 warps needs 248 / 237, 64 x 64 x d32
-    165 / 166.  tests/test_sample_attention.py compiles every choice made here.
+    165 / 166.  fp32 as TF32 (``precision="tf32"``): backward 32 x 32 x d32 takes all 255 registers
+    and spills 8 B on both at 8 warps (104 B on 3.6 at 4), 16 x 16 x d32 needs 108 / 123.
+    tests/test_sample_attention.py compiles every choice made here, in both fp32 precisions.
     """
     block_d = max(16, triton.next_power_of_2(d))
     if not backward:
         cap = 32 if dtype == torch.float32 else 64
     elif dtype == torch.float32:
-        cap = 32 if block_d <= 32 else 16
+        cap = 32 if block_d < 32 or (block_d == 32 and precision == "ieee") else 16
     else:
         cap = 64 if block_d <= 32 else 32
     block_m = min(cap, max(16, triton.next_power_of_2(s)))
@@ -265,8 +267,8 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_kv: int) -> tu
     lse = torch.empty((b, h, s), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    cfg = _blocks(s, n_kv, d, q.dtype, backward=False)
     upcast, precision = _precision(q)
+    cfg = _blocks(s, n_kv, d, q.dtype, backward=False, precision=precision)
     grid = (b * h, triton.cdiv(s, cfg["BLOCK_M"]))
     with _on_device(q):
         _fwd_kernel[grid](q, k, v, out, lse, s, n_kv, d, _LOG2E / math.sqrt(d), UPCAST=upcast, PRECISION=precision, **cfg)
@@ -282,8 +284,8 @@ def _backward(grad_out, grad_lse, q, k, v, out, lse, n_kv: int) -> tuple[torch.T
         return dq, dk, dv
     has_glse = grad_lse is not None
     glse = grad_lse.contiguous() if has_glse else lse  # never read when has_glse is False
-    cfg = _blocks(s, n_kv, d, q.dtype, backward=True)
     upcast, precision = _precision(q)
+    cfg = _blocks(s, n_kv, d, q.dtype, backward=True, precision=precision)
     n_qblocks = triton.cdiv(s, cfg["BLOCK_M"])
     grid = (b * h, n_qblocks + triton.cdiv(s, cfg["BLOCK_N"]))
     with _on_device(q):

@@ -202,6 +202,7 @@ EXT_CASES = [  # (M, G, C, filled, topk)
     (5, 50, 257, 21, 21),  # C = 256 threads + 1
     (192, 50, 512, 50, 35),  # 64 episodes batched
     (2, 300, 64, 299, 200),  # a bigger bank than the model's
+    (2, 50, 12400, 50, 35),  # > 48 KiB of shared memory in every dtype: the CUDA opt-in path
 ]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
@@ -364,6 +365,7 @@ UPDATE_CASES = [  # (G, C, filled, N)
     (10, 33, 10, 30),  # full from the start
     (50, 512, 50, 192),  # the model: 64 episodes x 3 prototypes into a full bank
     (50, 257, 0, 0),  # nothing to do
+    (50, 12400, 48, 6),  # > 48 KiB of shared memory in every dtype: the CUDA opt-in path
 ]
 
 
@@ -508,6 +510,11 @@ def test_ext_opcheck(device):
     _, index, weights = torch.ops.hr2g.bank_retrieve(protos.detach(), bank, 11, 4, 0.5)
     torch.library.opcheck(torch.ops.hr2g.bank_retrieve_backward.default,
                           (torch.randn_like(protos), protos.detach(), bank, index, weights, 0.5))
+    # transposed prototypes: the op makes them contiguous, and the fakes must say its outputs are
+    protos_t = torch.randn(24, 5, dtype=torch.float64, device=device).t()
+    torch.library.opcheck(torch.ops.hr2g.bank_retrieve.default, (protos_t.requires_grad_(), bank, 11, 4, 0.5))
+    torch.library.opcheck(torch.ops.hr2g.bank_retrieve_backward.default,
+                          (torch.randn_like(protos), protos_t.detach(), bank, index, weights, 0.5))
     for filled in (0, 10, 17):
         torch.library.opcheck(torch.ops.hr2g.bank_update_.default,
                               (bank.clone(), filled, torch.randn(9, 24, dtype=torch.float64, device=device), 0.9))

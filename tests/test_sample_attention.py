@@ -316,16 +316,19 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     # every distinct choice of the host's _blocks: S from 1 to 128 (5-way 1-shot is 10, 5-shot 30),
     # head dims 16 to 128 (d = 48, 96 round up to 64, 128)
+    # fp32 tiles in both precisions _dot_mode picks: IEEE, and TF32 (float32_matmul_precision
+    # "high"/"medium": fewer registers per product, a different allocation)
+    modes = [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")]
     chosen = {}
-    for dt, d, s, backward in itertools.product(dtypes, (16, 32, 64, 128), (10, 30, 60, 128), (False, True)):
-        cfg = K._blocks(s, s, d, dtypes[dt], backward)
-        chosen[(dt, backward, tuple(sorted(cfg.items())))] = (s, d)
+    for (dt, prec), d, s, backward in itertools.product(modes, (16, 32, 64, 128), (10, 30, 60, 128), (False, True)):
+        cfg = K._blocks(s, s, d, dtypes[dt], backward, prec)
+        chosen[(dt, prec, backward, tuple(sorted(cfg.items())))] = (s, d)
     print("configs", len(chosen), flush=True)
-    for (dt, backward, items), (s, d) in chosen.items():
+    for (dt, prec, backward, items), (s, d) in chosen.items():
         kern = K._bwd_kernel if backward else K._fwd_kernel
         cfg = dict(items)
         warps = cfg.pop("num_warps")
-        consts = dict(cfg, UPCAST=dt == "fp32", PRECISION="ieee")
+        consts = dict(cfg, UPCAST=dt == "fp32", PRECISION=prec)
         if backward:
             consts["HAS_GLSE"] = True
         sig = {}
@@ -336,7 +339,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 sig[name] = "*fp32" if name in ("lse_ptr", "glse_ptr") else "*" + dt
             else:
                 sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
-        what = f"{kern.fn.__name__} {dt} S={s} d={d} {cfg} warps={warps}"
+        what = f"{kern.fn.__name__} {dt}/{prec} S={s} d={d} {cfg} warps={warps}"
         out, usage = compile_sm90(kern, sig, consts, warps, what)
         assert out.metadata.shared <= 227 * 1024, (what, out.metadata.shared)
         print("compiled", what, usage, flush=True)
