@@ -121,8 +121,10 @@ class TrainConfig:
     seed: int = 0  # seeds episode sampling, augmentation and init
     val_episodes: int = 200  # validation episodes after each epoch (0 disables)
     test_episodes: int = 0  # after training, evaluate the final model on this many novel-class (test) episodes (0: skip)
-    out_dir: str = "runs/hr2g"  # checkpoints, CSV log, resolved config
+    out_dir: str = "runs/hr2g"  # checkpoints, CSV (and TensorBoard) log, resolved config
     log_every: int = 50  # steps between CSV log rows
+    checkpoint_every: int = 500  # steps between mid-epoch last.pt checkpoints (0: only at epoch ends and on SIGINT/SIGTERM)
+    tensorboard: bool = False  # also write the log's scalars to <out_dir>/tb (needs the tensorboard package)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
 
     def validate(self) -> None:
@@ -135,6 +137,7 @@ class TrainConfig:
         _range("train.val_episodes", self.val_episodes, 0, None)
         _range("train.test_episodes", self.test_episodes, 0, None)
         _range("train.log_every", self.log_every, 1, None)
+        _range("train.checkpoint_every", self.checkpoint_every, 0, None)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
 
 

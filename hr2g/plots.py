@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hr2g.runlog import row_positions
+
 log = logging.getLogger("hr2g.plots")
 
 MAX_TSNE_POINTS = 2000  # exact t-SNE is O(n^2) memory and time per iteration
@@ -147,13 +149,8 @@ def tsne(x: np.ndarray, perplexity: float = 30.0, iters: int = 1000, seed: int =
 
 # --------------------------------------------------------------------------- training log
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
-    """``log.csv`` of ``hr2g.train`` as arrays: per-step rows and per-epoch rows on one global-step axis.
-
-    The trainer writes a row every ``log_every`` steps (``epoch`` = the running epoch, 0-based,
-    ``step`` within it) and one at each epoch's end (``epoch`` = epochs completed, ``step`` = steps
-    per epoch, ``val_acc``).  An end row is the one whose epoch is one more than the previous row's
-    with ``step`` at the epoch's length.
-    """
+    """``log.csv`` of ``hr2g.train`` as arrays: per-step rows and per-epoch rows on one global-step
+    axis (the rows are described in :mod:`hr2g.runlog`)."""
     path = Path(path)
     if path.suffix != ".csv":  # the run's folder
         path = path / "log.csv"
@@ -166,14 +163,9 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not an hr2g training log (columns {sorted(need)} expected)")
     steps_per_epoch = max(int(r["step"]) for r in rows)
     step_rows, epoch_rows = [], []
-    prev_epoch = 0
-    for r in rows:
-        e, s = int(r["epoch"]), int(r["step"])
-        is_end = s == steps_per_epoch and e == prev_epoch + 1
-        (epoch_rows if is_end else step_rows).append(r)
-        x = e * steps_per_epoch if is_end else e * steps_per_epoch + s
+    for r, (x, is_end) in zip(rows, row_positions(rows, steps_per_epoch)):
         r["_x"] = x
-        prev_epoch = e
+        (epoch_rows if is_end else step_rows).append(r)
     def col(rs, key):
         return np.array([float(r[key]) if r[key] != "" else np.nan for r in rs], dtype=np.float64)
 

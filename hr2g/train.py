@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hr2g.cli import add_config_args, config_from_args, setup_logging
 
@@ -17,6 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--episodes-per-epoch", type=int, default=None, help="override train.episodes_per_epoch")
     p.add_argument("--out", default=None, help="output folder for checkpoints and logs (train.out_dir)")
     p.add_argument("--resume", default=None, metavar="CKPT|auto", help="resume from a checkpoint, or 'auto' for <out>/last.pt")
+    p.add_argument("--tensorboard", action="store_true", help="also log to <out>/tb for TensorBoard (train.tensorboard)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -32,11 +34,19 @@ def main(argv=None) -> dict:
         extra.append(f"train.episodes_per_epoch={args.episodes_per_epoch}")
     if args.out:
         extra.append(f"train.out_dir={args.out}")
+    if args.tensorboard:
+        extra.append("train.tensorboard=true")
     args.overrides = extra + args.overrides
     cfg = config_from_args(args)
+    from hr2g.stopping import TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported
 
-    return train(cfg, resume=args.resume, progress=not args.no_progress)
+    try:
+        return train(cfg, resume=args.resume, progress=not args.no_progress)
+    except TrainingStopped as stop:
+        # 128 + signal number, as a shell reports a process ended by that signal
+        print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
+        raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
 
 
 if __name__ == "__main__":

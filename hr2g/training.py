@@ -8,12 +8,13 @@ config; a resumed run continues with exactly the episodes it would have seen.
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
 from hr2g.data.loader import EpisodeStream, episode_loader
-from hr2g.distributed import DistInfo, barrier, gather_in_rank_order, init_from_env, shutdown
+from hr2g.distributed import DistInfo, any_rank, barrier, gather_in_rank_order, init_from_env, shutdown
 from hr2g.model.model import HR2G
+from hr2g.runlog import RunLog
+from hr2g.stopping import StopSignals, TrainingStopped
 
 log = logging.getLogger("hr2g.train")
 
@@ -123,10 +126,21 @@ def _rng_state() -> dict:
     return state
 
 
-def save_checkpoint(path: Path, model: HR2G, opt, sched, cfg: Config, epoch: int, step: int, best: float, read_failures: dict) -> None:
+@dataclass
+class EpochTally:
+    """What a checkpoint taken mid-epoch needs besides the weights: the epoch's per-step losses and
+    accuracies so far (the log's running and epoch means) and the wall time spent."""
+    loss: list[float]
+    acc: list[float]
+    elapsed: float
+
+
+def save_checkpoint(path: Path, model: HR2G, opt, sched, cfg: Config, epoch: int, step: int, best: float, read_failures: dict,
+                    tally: EpochTally) -> None:
     save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val": best,
-                 "read_failures": read_failures, "rng": _rng_state(), "version": 1}, path)
+                 "read_failures": read_failures, "rng": _rng_state(), "version": 1,
+                 "epoch_tally": dataclasses.asdict(tally)}, path)
 
 
 def bank_digest(model: HR2G) -> str:
@@ -138,13 +152,18 @@ def bank_digest(model: HR2G) -> str:
     return h.hexdigest()
 
 
-def _log_row(writer, epoch, step, loss, acc, lr, model: HR2G, failures, t0, val="") -> None:
-    writer.writerow([epoch, step, f"{loss:.5f}", f"{acc:.4f}", f"{lr:.3g}",
-                     int(model.ikt.bank_filled) if model.ikt is not None else 0, len(failures), f"{time.time() - t0:.1f}", val])
+def _stop(checkpoint, epoch: int, step: int, stop: StopSignals, out: Path, dist_info: DistInfo, saved: bool = False):
+    if not saved:
+        checkpoint("last.pt", epoch, step)
+    shutdown(dist_info)
+    raise TrainingStopped(stop.received or "signal on another rank", str(out / "last.pt"), epoch, step)
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict:
-    """Train per ``cfg`` (under ``torchrun``: one rank of a DDP job); returns a summary dict."""
+    """Train per ``cfg`` (under ``torchrun``: one rank of a DDP job); returns a summary dict.
+
+    On SIGINT/SIGTERM: finishes the step, saves ``last.pt`` and raises :class:`TrainingStopped`.
+    """
     from hr2g.evaluation import evaluate_model  # local: evaluation imports training helpers
 
     cfg.validate()
@@ -173,6 +192,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         log.info("device: %s, world size %d", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dist_info.world)
         for line in backend_report(cfg.model.backend, device):
             log.info("backend: %s", line)
+        if cfg.train.tensorboard:
+            log.info("tensorboard: tensorboard --logdir %s", out / "tb")
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     train_set = build_dataset(cfg.data, "train")
@@ -187,12 +208,14 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         model.text_features(val_set.class_names)
     opt, sched = build_optim(model, cfg)
     start_epoch, start_step, best, failures = 0, 0, -1.0, {}
+    tally = EpochTally([], [], 0.0)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         failures = dict(ckpt.get("read_failures", {}))
+        tally = EpochTally(**ckpt.get("epoch_tally", dataclasses.asdict(tally)))
     ddp = model
     if dist_info.enabled:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -200,65 +223,76 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
         n_train = sum(p.numel() for p in model.trainable_parameters())
         log.info("parameters: %.2fM trainable / %.2fM total", n_train / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
 
-    log_file = writer = None
+    steps = cfg.train.episodes_per_epoch
+    runlog = None
     if main:
-        log_path = out / "log.csv"
-        new_log = not log_path.exists() or ckpt is None
-        log_file = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc"])
+        runlog = RunLog(out, steps, None if ckpt is None else start_epoch * steps + start_step, cfg.train.tensorboard)
 
     def checkpoint(name: str, epoch: int, step: int) -> None:
         if main:
-            save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures)
+            tally.elapsed = time.time() - t0
+            save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures, tally)
         barrier(dist_info)
+
+    def bank_filled() -> int:
+        return int(model.ikt.bank_filled) if model.ikt is not None else 0
 
     base_names = train_set.class_names
     slots = range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
-    t0 = time.time()
+    t0 = time.time() - tally.elapsed
     val_acc = float("nan")
-    steps = cfg.train.episodes_per_epoch
+    n_log, n_ckpt = cfg.train.log_every, cfg.train.checkpoint_every
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            model.train()
-            stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True)
-            first = start_step if epoch == start_epoch else 0
-            bar = tqdm(episode_loader(stream, first, cfg.data.num_workers), total=steps, initial=first,
-                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and main), dynamic_ncols=True)
-            run_loss, run_acc = [], []
-            for step, (episodes, new_failures) in enumerate(bar, start=first):
-                failures.update(new_failures)
-                r = train_step(ddp, model, [episode_to(ep, device) for ep in episodes], cfg.data.k_shot, opt, cfg,
-                               base_names, device, dist_info)
-                run_loss.append(r.loss)
-                run_acc.append(r.acc)
-                bar.set_postfix(loss=f"{np.mean(run_loss[-50:]):.3f}", acc=f"{np.mean(run_acc[-50:]):.3f}")
-                n = cfg.train.log_every
-                if main and (step + 1) % n == 0:
-                    _log_row(writer, epoch, step + 1, np.mean(run_loss[-n:]), np.mean(run_acc[-n:]), sched.get_last_lr()[0],
-                             model, failures, t0)
-                    log_file.flush()
-                if (step + 1) % 500 == 0 and step + 1 < steps:  # mid-epoch safety net
-                    checkpoint("last.pt", epoch, step + 1)
-            sched.step()
-            if val_set is not None:
-                res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
-                                     k_shot=cfg.data.k_shot, progress=False)
-                val_acc = res.accuracy
-                log.info("epoch %d: train loss %.4f acc %.3f | val %d-way %d-shot acc %.2f ± %.2f%%", epoch + 1,
-                         np.mean(run_loss), np.mean(run_acc), cfg.data.n_way, cfg.data.k_shot, 100 * res.accuracy, 100 * res.ci95)
-                if res.accuracy > best:
-                    best = res.accuracy
-                    save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures)
-            if main:
-                _log_row(writer, epoch + 1, steps, np.mean(run_loss), np.mean(run_acc), sched.get_last_lr()[0], model,
-                         failures, t0, "" if math.isnan(val_acc) else f"{val_acc:.4f}")
-                log_file.flush()
-            checkpoint("last.pt", epoch + 1, 0)
+        with StopSignals() as stop:
+            for epoch in range(start_epoch, cfg.train.epochs):
+                model.train()
+                stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True)
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    tally.loss, tally.acc = [], []
+                bar = tqdm(episode_loader(stream, first, cfg.data.num_workers), total=steps, initial=first,
+                           desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and main), dynamic_ncols=True)
+                for step, (episodes, new_failures) in enumerate(bar, start=first):
+                    failures.update(new_failures)
+                    r = train_step(ddp, model, [episode_to(ep, device) for ep in episodes], cfg.data.k_shot, opt, cfg,
+                                   base_names, device, dist_info)
+                    tally.loss.append(r.loss)
+                    tally.acc.append(r.acc)
+                    bar.set_postfix(loss=f"{np.mean(tally.loss[-50:]):.3f}", acc=f"{np.mean(tally.acc[-50:]):.3f}")
+                    if main and (step + 1) % n_log == 0:
+                        runlog.step_row(epoch, step + 1, np.mean(tally.loss[-n_log:]), np.mean(tally.acc[-n_log:]),
+                                        sched.get_last_lr()[0], bank_filled(), len(failures), time.time() - t0)
+                    if any_rank(stop.received is not None, dist_info, device):
+                        _stop(checkpoint, epoch, step + 1, stop, out, dist_info)
+                    if n_ckpt and (step + 1) % n_ckpt == 0 and step + 1 < steps:  # mid-epoch safety net
+                        checkpoint("last.pt", epoch, step + 1)
+                bar.close()
+                with warnings.catch_warnings():
+                    # resumed after the epoch's last step: this process has not stepped the optimizer,
+                    # which torch takes for a wrong call order; the schedule is right (its state was loaded)
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                    sched.step()
+                if val_set is not None:
+                    res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
+                                         k_shot=cfg.data.k_shot, progress=False)
+                    val_acc = res.accuracy
+                    log.info("epoch %d: train loss %.4f acc %.3f | val %d-way %d-shot acc %.2f ± %.2f%%", epoch + 1,
+                             np.mean(tally.loss), np.mean(tally.acc), cfg.data.n_way, cfg.data.k_shot,
+                             100 * res.accuracy, 100 * res.ci95)
+                    if res.accuracy > best:
+                        best = res.accuracy
+                        end = EpochTally([], [], time.time() - t0)
+                        save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures, end)
+                if main:
+                    runlog.epoch_row(epoch + 1, np.mean(tally.loss), np.mean(tally.acc), sched.get_last_lr()[0],
+                                     bank_filled(), len(failures), time.time() - t0, val_acc)
+                tally.loss, tally.acc = [], []
+                checkpoint("last.pt", epoch + 1, 0)
+                if any_rank(stop.received is not None, dist_info, device) and epoch + 1 < cfg.train.epochs:
+                    _stop(checkpoint, epoch + 1, 0, stop, out, dist_info, saved=True)
     finally:
-        if log_file is not None:
-            log_file.close()
+        if runlog is not None:
+            runlog.close()
     summary = {"val_accuracy": val_acc, "best_val": best, "last": str(out / "last.pt"), "best": str(out / "best.pt"),
                "skipped_videos": len(failures), "seconds": time.time() - t0, "world_size": dist_info.world,
                "bank_digest": bank_digest(model)}

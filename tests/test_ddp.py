@@ -1,12 +1,15 @@
 """2-process DDP on CPU (gloo): banks identical on every rank, and the run equals a single process
 fed the same episodes (episodes_per_step = world size)."""
+import os
+import signal
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hr2g import checkpoint
+from hr2g import checkpoint, training
+from hr2g.stopping import TrainingStopped
 from hr2g.training import train
 from tests.helpers import tiny_config
 
@@ -17,12 +20,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg, results):
-    import os
-
+def _worker(rank: int, world: int, port: int, cfg, results, resume=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    results[rank] = train(cfg, progress=False)
+    results[rank] = train(cfg, resume=resume, progress=False)
+
+
+def _stopping_worker(rank: int, world: int, port: int, cfg, results):
+    """Rank 1 alone gets a SIGTERM after its second step; both ranks must stop there."""
+    if rank == 1:
+        real, calls = training.train_step, []
+
+        def step(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        training.train_step = step
+    try:
+        _worker(rank, world, port, cfg, results)
+    except TrainingStopped as stop:
+        results[rank] = (stop.epoch, stop.step, stop.signal_name)
 
 
 def _cfg(path):
@@ -55,6 +75,27 @@ def test_two_process_ddp_matches_single_process_and_keeps_banks_identical(tmp_pa
         # of two addends is order-free, so the runs agree to the bit in practice -- a tolerance
         # of a few ulps allows a different reduction order on other builds
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    cfg = _cfg(tmp_path / "ddp")
+    results = mp.Manager().dict()
+    mp.spawn(_stopping_worker, args=(2, _free_port(), cfg, results), nprocs=2, join=True)
+    assert results[1] == (0, 2, "SIGTERM") and results[0] == (0, 2, "signal on another rank")
+    ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+    resumed = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), cfg, resumed, "auto"), nprocs=2, join=True)
+    assert resumed[0]["bank_digest"] == resumed[1]["bank_digest"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = train(_cfg(tmp_path / "single"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert single["bank_digest"] == resumed[0]["bank_digest"]
 
 
 def test_episodes_per_step_out_of_range_is_refused(tmp_path):

@@ -1,0 +1,113 @@
+"""The training log: ``<out_dir>/log.csv`` always, TensorBoard scalars with ``train.tensorboard``.
+
+Rows: one every ``log_every`` steps (``epoch`` = the running epoch, 0-based, ``step`` within it,
+running means over the last ``log_every`` steps) and one at each epoch's end (``epoch`` = epochs
+completed, ``step`` = steps per epoch, means over the epoch, ``val_acc``).  Both put a row on one
+global-step axis (:func:`row_positions`), which is also TensorBoard's step.
+
+A resumed run first drops the rows the interrupted run wrote after its checkpoint's position
+(they are about to be written again), and TensorBoard purges those steps, so the log of a resumed
+run reads like that of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("hr2g.train")
+
+COLUMNS = ["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc"]
+
+
+def row_positions(rows: list[dict], steps_per_epoch: int) -> list[tuple[int, bool]]:
+    """(global step, is an epoch-end row) of each log row, in order.
+
+    An end row is one whose epoch is one more than the previous row's, with ``step`` at the
+    epoch's length; its position is the end of that epoch.
+    """
+    out, prev_epoch = [], 0
+    for r in rows:
+        e, s = int(r["epoch"]), int(r["step"])
+        is_end = s == steps_per_epoch and e == prev_epoch + 1
+        out.append((e * steps_per_epoch if is_end else e * steps_per_epoch + s, is_end))
+        prev_epoch = e
+    return out
+
+
+def _open_tensorboard(folder: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's module imports the tensorboard package
+        raise SystemExit(f"error: train.tensorboard=true needs the tensorboard package ({exc}); "
+                         "pip install tensorboard, or drop --tensorboard") from None
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+class RunLog:
+    """Appends rows to ``log.csv`` (flushed per row) and mirrors them to TensorBoard under ``tb/``.
+
+    ``resume_at``: the global step the run resumes from (None: a fresh run, the log is restarted).
+    """
+
+    def __init__(self, out: Path, steps_per_epoch: int, resume_at: int | None = None, tensorboard: bool = False):
+        self.steps_per_epoch = steps_per_epoch
+        path = out / "log.csv"
+        if resume_at is not None and path.exists():
+            self._truncate(path, resume_at)
+            self._file = open(path, "a", newline="")
+            self._csv = csv.writer(self._file)
+        else:
+            self._file = open(path, "w", newline="")
+            self._csv = csv.writer(self._file)
+            self._csv.writerow(COLUMNS)
+            self._file.flush()
+        # purge_step hides the events the interrupted run logged after the checkpoint (steps > resume_at)
+        self._tb = _open_tensorboard(out / "tb", None if resume_at is None else resume_at + 1) if tensorboard else None
+
+    def _truncate(self, path: Path, resume_at: int) -> None:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r, (x, _) in zip(rows, row_positions(rows, self.steps_per_epoch)) if x <= resume_at]
+        if len(keep) == len(rows):
+            return
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(keep)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(buf.getvalue(), newline="")
+        os.replace(tmp, path)
+        log.info("log.csv: dropped %d rows written after the checkpoint (step %d)", len(rows) - len(keep), resume_at)
+
+    def step_row(self, epoch: int, step: int, loss: float, acc: float, lr: float, bank_filled: int, skipped: int,
+                 elapsed: float) -> None:
+        """Running means after ``step`` steps of ``epoch`` (0-based)."""
+        self._write([epoch, step, loss, acc, lr, bank_filled, skipped, elapsed, float("nan")], epoch * self.steps_per_epoch + step,
+                    {"train/loss": loss, "train/acc": acc, "train/lr": lr, "train/bank_filled": bank_filled,
+                     "train/skipped_videos": skipped})
+
+    def epoch_row(self, epochs_done: int, loss: float, acc: float, lr: float, bank_filled: int, skipped: int,
+                  elapsed: float, val_acc: float) -> None:
+        """Means over the epoch that just ended (``val_acc`` NaN: no validation)."""
+        scalars = {"epoch/loss": loss, "epoch/acc": acc, "epoch/lr": lr}
+        if val_acc == val_acc:
+            scalars["val/acc"] = val_acc
+        self._write([epochs_done, self.steps_per_epoch, loss, acc, lr, bank_filled, skipped, elapsed, val_acc],
+                    epochs_done * self.steps_per_epoch, scalars)
+
+    def _write(self, v: list, x: int, scalars: dict[str, float]) -> None:
+        self._csv.writerow([v[0], v[1], f"{v[2]:.5f}", f"{v[3]:.4f}", f"{v[4]:.3g}", v[5], v[6], f"{v[7]:.1f}",
+                            "" if v[8] != v[8] else f"{v[8]:.4f}"])
+        self._file.flush()
+        if self._tb is not None:
+            for tag, value in scalars.items():
+                self._tb.add_scalar(tag, value, x)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

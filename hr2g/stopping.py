@@ -1,0 +1,55 @@
+"""Graceful stop for training: the first SIGINT (Ctrl-C) or SIGTERM (a scheduler preempting the
+job; torchrun forwards it to every worker) lets the running step finish, then the trainer saves
+its exact position to ``last.pt`` and raises :class:`TrainingStopped`; ``--resume auto`` continues
+as if nothing happened.  A second Ctrl-C interrupts at once (losing the steps since the last
+checkpoint).  Under DDP the ranks agree on the step to stop at (:func:`hr2g.distributed.any_rank`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on a signal after checkpointing; ``except Exception`` does not swallow it."""
+
+    def __init__(self, signal_name: str, checkpoint: str, epoch: int, step: int):
+        """``epoch`` (0-based) and ``step`` (steps done in it): the position saved in ``checkpoint``."""
+        where = f"after step {step} of epoch {epoch + 1}" if step else f"before epoch {epoch + 1}"
+        super().__init__(f"{signal_name}: stopped {where}, saved {checkpoint}")
+        self.signal_name, self.checkpoint, self.epoch, self.step = signal_name, checkpoint, epoch, step
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM are recorded in ``received`` (the first one's name) instead of
+    ending the process.  Signal handlers can only be installed from the main thread; elsewhere this
+    records nothing and signals keep their usual effect."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = self.received or signal.Signals(signum).name
+        # os.write, not logging: a handler may run while the logging lock is held
+        os.write(2, f"\nhr2g.train: {signal.Signals(signum).name} received: finishing this step, then saving a "
+                    "checkpoint (Ctrl-C again to stop at once)\n".encode())

@@ -1,0 +1,154 @@
+"""Stopping and resuming training: a SIGINT/SIGTERM stops after the running step with a checkpoint
+at the exact position, a crash loses only the steps since the last checkpoint, and either way the
+resumed run's weights, bank and log (CSV and TensorBoard) equal an uninterrupted run's."""
+import csv
+import os
+import signal
+
+import pytest
+import torch
+
+from hr2g import checkpoint, training
+from hr2g.runlog import row_positions
+from hr2g.stopping import TrainingStopped
+from tests.helpers import tiny_config
+
+STEPS, EPOCHS = 3, 2  # tiny_config: 3 steps per epoch, 2 epochs, a log row per step
+
+
+def _read_log(run_dir):
+    with open(f"{run_dir}/log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # wall time differs
+
+
+def _cfg(path, tensorboard=False):
+    cfg = tiny_config(path)
+    cfg.train.tensorboard = tensorboard
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cfg = _cfg(tmp_path_factory.mktemp("whole"), tensorboard=_has_tensorboard())
+    summary = training.train(cfg, progress=False)
+    return cfg, summary
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interrupting(monkeypatch, at_call: int, action):
+    """Make ``training.train_step`` run ``action`` after (signal) or instead of (crash) call ``at_call``."""
+    real, calls = training.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call and action == "crash":
+            raise RuntimeError("simulated crash")
+        out = real(*args, **kwargs)
+        if len(calls) == at_call and action != "crash":
+            os.kill(os.getpid(), action)  # delivered now, in the main thread, while the handler is active
+        return out
+
+    monkeypatch.setattr(training, "train_step", step)
+
+
+def _assert_same_run(run_a, run_b):
+    a = checkpoint.load(f"{run_a}/last.pt")
+    b = checkpoint.load(f"{run_b}/last.pt")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (EPOCHS, 0)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"resumed run differs in {k}"
+    assert _read_log(run_a) == _read_log(run_b)
+
+
+# call 2: mid-epoch; call 3: every step of epoch 0 done, its end (validation, log row) still to come;
+# call 4: the first step of epoch 1
+@pytest.mark.parametrize("at_call, position", [(2, (0, 2)), (3, (0, 3)), (4, (1, 1))])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, uninterrupted,
+                                                                                 at_call, position, sig):
+    whole_cfg, _ = uninterrupted
+    cfg = _cfg(tmp_path)
+    _interrupting(monkeypatch, at_call, sig)
+    before = signal.getsignal(sig)
+    with pytest.raises(TrainingStopped) as stop:
+        training.train(cfg, progress=False)
+    assert (stop.value.epoch, stop.value.step) == position and stop.value.signal_name == sig.name
+    assert signal.getsignal(sig) is before, "the signal handler was not restored"
+    ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == position
+    assert len(ckpt["epoch_tally"]["loss"]) == position[1], "the epoch's running losses were not checkpointed"
+    monkeypatch.undo()
+    training.train(cfg, resume="auto", progress=False)
+    _assert_same_run(cfg.train.out_dir, whole_cfg.train.out_dir)
+
+
+def test_a_crash_loses_only_the_steps_since_the_last_checkpoint_and_the_log_is_rewound(tmp_path, monkeypatch, uninterrupted):
+    whole_cfg, _ = uninterrupted
+    cfg = _cfg(tmp_path, tensorboard=_has_tensorboard())
+    cfg.train.checkpoint_every = 2
+    # call 3 = step 3 of epoch 0, after the step-2 checkpoint and the step-2 log row; the resumed
+    # run then crashes in epoch 1's step 3, after that epoch's step-2 rows and checkpoint
+    _interrupting(monkeypatch, 3, "crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, progress=False)
+    ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+    monkeypatch.undo()
+    _interrupting(monkeypatch, 4, "crash")  # calls count again from the resumed step 3: call 4 = epoch 1, step 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, resume="auto", progress=False)
+    assert (checkpoint.load(f"{cfg.train.out_dir}/last.pt")["step"]) == 2
+    monkeypatch.undo()
+    # a row the crashed run wrote after its checkpoint, as a run killed between logging and
+    # checkpointing leaves it: it must not appear twice
+    with open(f"{cfg.train.out_dir}/log.csv", "a", newline="") as f:
+        csv.writer(f).writerow([1, 3, "9.99999", "0.0000", "0.001", 0, 0, "0.0", ""])
+    training.train(cfg, resume="auto", progress=False)
+    _assert_same_run(cfg.train.out_dir, whole_cfg.train.out_dir)
+    if _has_tensorboard():
+        assert _tensorboard_scalars(cfg.train.out_dir) == _tensorboard_scalars(whole_cfg.train.out_dir)
+
+
+def _tensorboard_scalars(run_dir) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(f"{run_dir}/tb")  # purges events after a restart's purge_step, as TensorBoard does
+    acc.Reload()
+    return {tag: [(e.step, round(e.value, 6)) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_mirror_the_csv_log(uninterrupted):
+    if not _has_tensorboard():
+        pytest.skip("tensorboard is not installed (pip install tensorboard)")
+    cfg, _ = uninterrupted
+    scalars = _tensorboard_scalars(cfg.train.out_dir)
+    rows = _read_log(cfg.train.out_dir)
+    positions = row_positions(rows, STEPS)
+    steps = [(x, float(r["loss"])) for r, (x, end) in zip(rows, positions) if not end]
+    ends = [(x, float(r["val_acc"])) for r, (x, end) in zip(rows, positions) if end]
+    assert [(x, pytest.approx(v, abs=1e-5)) for x, v in scalars["train/loss"]] == steps
+    assert [(x, pytest.approx(v, abs=1e-4)) for x, v in scalars["val/acc"]] == ends
+    assert [x for x, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [x for x, _ in scalars["epoch/loss"]] == [3, 6]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    cfg = _cfg(tmp_path, tensorboard=True)
+    with pytest.raises(SystemExit, match=r"train.tensorboard=true needs the tensorboard package"):
+        training.train(cfg, progress=False)
+
+
+def test_row_positions_put_step_and_epoch_rows_on_one_axis():
+    rows = [{"epoch": e, "step": s} for e, s in [(0, 2), (0, 3), (1, 3), (1, 1), (1, 3), (2, 3), (3, 3)]]
+    assert row_positions(rows, 3) == [(2, False), (3, False), (3, True), (4, False), (6, False), (6, True), (9, True)]
