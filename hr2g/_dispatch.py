@@ -37,6 +37,13 @@ _MODULES = {
 }
 
 
+def model_backend(op: str, backend: str) -> str:
+    """What a model-wide ``model.backend`` means for ``op``: that backend where ``op`` has it (an
+    explicit request: refused loudly if it cannot run), else ``auto``.  ``--backend triton`` asks
+    for the Triton kernels, not for the bank ops (which have none) to fail."""
+    return backend if ALIASES.get(backend, backend) in IMPLEMENTED[op] or backend == "auto" else "auto"
+
+
 class BackendUnavailable(RuntimeError):
     """Raised when an explicitly requested backend refuses; the message says why."""
 

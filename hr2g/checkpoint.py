@@ -3,16 +3,22 @@ the target, so a crash mid-write leaves the previous checkpoint intact."""
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
+
+_np_core = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 / 1.x
+_NUMPY_ARRAY_GLOBALS = [_np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # O_EXCL with a unique name, like mkstemp, but mode 0666 & ~umask like any new file (mkstemp: 0600)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -25,12 +31,19 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         raise
 
 
-def load(path: str | os.PathLike, map_location="cpu") -> dict:
+def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """The checkpoint at ``path``; ``mmap=True`` maps its tensors instead of reading them (for a
+    quick look at the config of a multi-GB checkpoint)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder; pass a .pt file in it (last.pt, best.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: unpickling runs no code from the file, so a downloaded checkpoint is safe to
+        # load; numpy arrays are allowed for checkpoints written before the RNG state became lists
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
     for key in ("config", "model"):

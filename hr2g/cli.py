@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 from hr2g.config import Config, set_field
 from hr2g.configs import PRESETS, get_preset
@@ -62,6 +65,9 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     if args.device:
         cfg.train.device = args.device
     apply_overrides(cfg, args.overrides)
+    if args.data_root and cfg.data.dataset == "synthetic":  # else silently ignored: the synthetic data is generated
+        raise SystemExit(f"error: --data-root {args.data_root} needs --dataset (one of hmdb51, ucf101, kinetics100, "
+                         "ssv2_small, ssv2_full); the synthetic dataset is generated, not read")
     try:
         return cfg.validate()
     except ValueError as exc:
@@ -71,3 +77,34 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+
+
+def writable_file(flag: str, path: str | os.PathLike) -> Path:
+    """``path`` for an output file, its folder created; exits naming ``flag`` if it cannot be
+    written -- checked (by opening it) before the work that produces it, not after."""
+    path = Path(path)
+    if path.is_dir():
+        raise SystemExit(f"error: {flag}: {str(path)!r} is a folder, expected a file path")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"error: {flag}: cannot write {str(path)!r} ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()
+    return path
+
+
+def writable_dir(flag: str, path: str | os.PathLike) -> Path:
+    """``path`` as an output folder, created; exits naming ``flag`` if files cannot be written in it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {flag}: {str(path)!r} is a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise SystemExit(f"error: {flag}: cannot write in {str(path)!r} ({exc.strerror or exc})") from None
+    return path

@@ -61,14 +61,16 @@ class EpisodeShape:
 
 
 def count_params(model: HR2G) -> dict:
-    """Trainable / frozen / total, and per module: the frozen CLIP and each trainable block."""
+    """Trainable / frozen / total, and per module (the modules sum to the total)."""
     def n(params, trainable=None):
         return sum(p.numel() for p in params if trainable is None or p.requires_grad == trainable)
 
     out = {"trainable": n(model.parameters(), True), "frozen": n(model.parameters(), False), "total": n(model.parameters())}
     out["modules"] = {
-        "clip_frozen": n(model.encoder.clip.parameters(), False),
+        # the parts add up to the total: frozen CLIP as its image tower and the rest (text tower,
+        # projections, logit scale), not the whole beside one of its parts
         "clip_visual_frozen": n(model.encoder.clip.visual.parameters(), False),
+        "clip_text_frozen": n(model.encoder.clip.parameters(), False) - n(model.encoder.clip.visual.parameters(), False),
         "adapters": n(model.encoder.adapters.parameters()),
         "temporal": n(model.temporal.parameters()),
         "isc": n(model.isc.parameters()) if model.isc is not None else 0,

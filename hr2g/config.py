@@ -62,11 +62,11 @@ class ModelConfig:
         if not 0.0 < self.ikt_kappa <= 1.0:
             raise ValueError(f"model.ikt_kappa={self.ikt_kappa} is outside the allowed range (0, 1]")
         _range("model.ikt_momentum", self.ikt_momentum, 0.0, 1.0)
-        if self.ikt_temperature <= 0:
+        if not self.ikt_temperature > 0:  # `not >`: NaN fails too
             raise ValueError(f"model.ikt_temperature={self.ikt_temperature} must be > 0")
-        if self.otam_lambda <= 0:
+        if not self.otam_lambda > 0:
             raise ValueError(f"model.otam_lambda={self.otam_lambda} must be > 0")
-        if self.aux_text_weight < 0:
+        if not self.aux_text_weight >= 0:
             raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be >= 0")
         for c in self.trx_cardinalities:
             _range("model.trx_cardinalities[]", c, 1, 4)
@@ -131,7 +131,7 @@ class TrainConfig:
         _range("train.epochs", self.epochs, 1, None)
         _range("train.episodes_per_epoch", self.episodes_per_epoch, 1, None)
         _range("train.episodes_per_step", self.episodes_per_step, 1, None)
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         _range("train.gamma", self.gamma, 0.0, 1.0)
         _range("train.val_episodes", self.val_episodes, 0, None)
@@ -180,6 +180,12 @@ class Config:
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def diff(self, other: "Config") -> list[str]:
+        """``section.field: mine -> other's`` for every field whose value differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{sec}.{k}: {v!r} -> {theirs[sec][k]!r}" for sec, values in mine.items() for k, v in values.items()
+                if theirs[sec][k] != v]
+
 
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
@@ -187,7 +193,7 @@ def _choice(name: str, value, allowed) -> None:
 
 
 def _range(name: str, value, lo, hi) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):  # NaN != NaN
         lo_s = "-inf" if lo is None else lo
         hi_s = "inf" if hi is None else hi
         raise ValueError(f"{name}={value} is outside the allowed range [{lo_s}, {hi_s}]")

@@ -31,25 +31,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    from hr2g.cli import setup_logging
+    from hr2g.cli import setup_logging, writable_file
+    from hr2g.config import set_field
     from hr2g.evaluation import evaluate_model
     from hr2g.inference import dataset_from_args, load_trained
 
     setup_logging()
+    if bad := [k for k in args.shots if k < 1]:
+        raise SystemExit(f"error: --shots expects integers >= 1, got {bad}")
+    if args.json:
+        writable_file("--json", args.json)  # before the evaluation, not after it
     model, cfg, device = load_trained(args)
-    if args.ways:
-        cfg.data.n_way = args.ways
-    if args.queries:
-        cfg.data.test_q_query = args.queries
+    for flag, field, value in (("--ways", "data.n_way", args.ways), ("--queries", "data.test_q_query", args.queries),
+                               ("--episodes", "eval.episodes", args.episodes),
+                               ("--batch-episodes", "eval.batch_episodes", args.batch_episodes)):
+        if value is not None:
+            try:
+                set_field(cfg, field, value)
+                cfg.validate()
+            except ValueError as exc:
+                raise SystemExit(f"error: {flag}: {exc}") from None
     dataset = dataset_from_args(cfg, args)
     split = args.split or cfg.eval.split
-    episodes = args.episodes or cfg.eval.episodes
     seed = cfg.eval.seed if args.seed is None else args.seed
     results = []
     for k in args.shots:
         try:
-            res = evaluate_model(model, dataset, cfg, episodes=episodes, seed=seed, k_shot=k,
-                                 batch_episodes=args.batch_episodes, progress=not args.no_progress)
+            res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
+                                 batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
         row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,

@@ -159,7 +159,11 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     need = {"epoch", "step", "loss", "acc", "lr", "val_acc"}
-    if not rows or not need <= set(rows[0]):
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if need <= set(header) and not rows:
+        raise ValueError(f"{path} has no rows yet: the run has not logged a step (train.log_every)")
+    if not need <= set(header):
         raise ValueError(f"{path} is not an hr2g training log (columns {sorted(need)} expected)")
     steps_per_epoch = max(int(r["step"]) for r in rows)
     step_rows, epoch_rows = [], []
@@ -409,10 +413,12 @@ def _default_out(args, name: str) -> Path:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    from hr2g.cli import setup_logging
+    from hr2g.cli import setup_logging, writable_file
 
     setup_logging()
     require_matplotlib()  # before any model is loaded: fail fast
+    if args.out:
+        writable_file("--out", args.out)
     if args.figure == "curves":
         try:
             logd = read_log(args.run)
@@ -421,6 +427,8 @@ def main(argv=None) -> Path:
         out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent) / "curves.png"
         plot_curves(logd, out, f"training curves: {args.run}")
     elif args.figure == "sweep":
+        if not Path(args.table).is_file():
+            raise SystemExit(f"error: --table: {args.table} does not exist (python -m hr2g.sweep writes <out>/sweep.json)")
         try:
             rows = json.loads(Path(args.table).read_text())
             assert rows and {"n_way", "k_shot", "accuracy", "ci95"} <= set(rows[0])

@@ -131,7 +131,7 @@ def copy_lists(paths: list[Path], dest: Path) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hr2g.cli import setup_logging
+    from hr2g.cli import setup_logging, writable_dir
 
     setup_logging()
     from hr2g.data.prepare import Job, Options, output_path, run_jobs
@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --src {src} is not a folder")
     if out.resolve() == src.resolve():
         raise SystemExit("error: --out must differ from --src (outputs mirror the inputs' paths)")
+    writable_dir("--out", out)
     try:
         lists, labels = split_lists(args)
         inputs, missing = collect_inputs(args, lists)

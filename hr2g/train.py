@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from hr2g.cli import add_config_args, config_from_args, setup_logging
+from hr2g.cli import add_config_args, config_from_args, setup_logging, writable_dir
+from hr2g.config import Config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -17,11 +19,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--episodes-per-epoch", type=int, default=None, help="override train.episodes_per_epoch")
     p.add_argument("--out", default=None, help="output folder for checkpoints and logs (train.out_dir)")
-    p.add_argument("--resume", default=None, metavar="CKPT|auto", help="resume from a checkpoint, or 'auto' for <out>/last.pt")
+    p.add_argument("--resume", default=None, metavar="CKPT|auto",
+                   help="continue from a checkpoint (its settings, its folder unless --out; flags given now override), "
+                        "or 'auto': <out>/last.pt if it exists")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out folder that already holds a run")
     p.add_argument("--tensorboard", action="store_true", help="also log to <out>/tb for TensorBoard (train.tensorboard)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
+
+
+def resume_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, str | None]:
+    """(settings, checkpoint path) for ``--resume``: the checkpoint's settings, in the checkpoint's
+    folder, with the flags given on this command line applied on top -- so ``--resume auto`` after
+    ``--fused --epochs 3`` stays fused and 3 epochs long, and ``--epochs 5`` extends it."""
+    from hr2g import checkpoint
+
+    path = Path(cfg.train.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
+    if args.resume == "auto" and not path.exists():
+        return cfg, "auto"  # nothing to resume: train() starts afresh and says so
+    try:
+        saved = checkpoint.load(path, mmap=True)["config"]
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: --resume: {exc}") from None
+    base = Config.from_dict(saved)
+    base.train.out_dir = str(path.parent)  # --out (in args.overrides) still wins
+    return config_from_args(args, base=base), str(path)
 
 
 def main(argv=None) -> dict:
@@ -38,15 +61,23 @@ def main(argv=None) -> dict:
         extra.append("train.tensorboard=true")
     args.overrides = extra + args.overrides
     cfg = config_from_args(args)
+    resume = None
+    if args.resume:
+        cfg, resume = resume_config(args, cfg)
+    writable_dir("--out", cfg.train.out_dir)
     from hr2g.stopping import TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported
 
     try:
-        return train(cfg, resume=args.resume, progress=not args.no_progress)
+        return train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingStopped as stop:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
+    except (FileExistsError, FileNotFoundError, NotADirectoryError) as exc:  # a run folder in the way, data not found
+        if args.verbose:
+            raise
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

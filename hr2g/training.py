@@ -46,7 +46,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def backend_report(backend: str, device: torch.device) -> list[str]:
-    """One line per op: which backend runs it here and, if not the fused one, why."""
+    """One line per op: which backend runs it here and, if not the fused one, why.
+
+    Raises ``ValueError`` if an explicitly requested backend cannot run an op here: before
+    training, not at the first step."""
     if backend == "torch":
         return ["all ops: torch reference backend (pass --fused to use the fused kernels)"]
     x = torch.randn(1, 2, 8, 64, device=device)
@@ -58,10 +61,13 @@ def backend_report(backend: str, device: torch.device) -> list[str]:
     }
     lines = []
     for op, args in examples.items():
-        verdicts = _dispatch.reasons(op, *args) if backend == "auto" else {backend: _dispatch.refusal(op, backend, args)}
+        b = _dispatch.model_backend(op, backend)
+        verdicts = _dispatch.reasons(op, *args) if b == "auto" else {b: _dispatch.refusal(op, b, args)}
         chosen = next((b for b, why in verdicts.items() if why is None), None)
         refused = "; ".join(f"{b} refused: {why}" for b, why in verdicts.items() if why is not None)
-        lines.append(f"{op}: {chosen or 'NONE'}" + (f" ({refused})" if refused else ""))
+        if chosen is None:
+            raise ValueError(f"model.backend={backend} cannot run {op} on {device.type}: {refused}")
+        lines.append(f"{op}: {chosen}" + (f" ({refused})" if refused else ""))
     return lines
 
 
@@ -120,7 +126,9 @@ def build_optim(model: HR2G, cfg: Config):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # plain values, not an ndarray: the checkpoint loads with torch.load(weights_only=True)
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -159,9 +167,12 @@ def _stop(checkpoint, epoch: int, step: int, stop: StopSignals, out: Path, dist_
     raise TrainingStopped(stop.received or "signal on another rank", str(out / "last.pt"), epoch, step)
 
 
-def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict:
+def train(cfg: Config, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Train per ``cfg`` (under ``torchrun``: one rank of a DDP job); returns a summary dict.
 
+    ``resume``: a checkpoint path, or ``"auto"`` for ``<out_dir>/last.pt`` if there is one; the
+    run continues with ``cfg`` (settings that differ from the checkpoint's are logged).  Without
+    it, an ``out_dir`` that already holds a run is refused unless ``overwrite``.
     On SIGINT/SIGTERM: finishes the step, saves ``last.pt`` and raises :class:`TrainingStopped`.
     """
     from hr2g.evaluation import evaluate_model  # local: evaluation imports training helpers
@@ -176,21 +187,27 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     per_rank = cfg.train.episodes_per_step // dist_info.world
     main = dist_info.main
     out = Path(cfg.train.out_dir)
-    ckpt = None
+    backends = backend_report(cfg.model.backend, device)  # an impossible explicit backend fails here
+    ckpt = path = None
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
         if resume == "auto" and not path.exists():
             log.info("--resume auto: no %s yet, starting fresh", path)
         else:
             ckpt = load(path)
-            cfg = Config.from_dict(ckpt["config"]) if resume != "auto" else cfg
+            changed = [d for d in Config.from_dict(ckpt["config"]).diff(cfg) if not d.startswith("train.out_dir:")]
+            if changed and main:
+                log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
+    if ckpt is None and (out / "last.pt").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({out / 'last.pt'}): continue it with --resume auto, start a "
+                              "new one with another --out, or replace it with --overwrite")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.dumps())
         log.info("resolved config:\n%s", cfg.dumps())
         log.info("device: %s, world size %d", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dist_info.world)
-        for line in backend_report(cfg.model.backend, device):
+        for line in backends:
             log.info("backend: %s", line)
         if cfg.train.tensorboard:
             log.info("tensorboard: tensorboard --logdir %s", out / "tb")
@@ -198,6 +215,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     train_set = build_dataset(cfg.data, "train")
     val_set = build_dataset(cfg.data, "val") if cfg.train.val_episodes > 0 and main else None
+    test_set = build_dataset(cfg.data, "test") if cfg.train.test_episodes > 0 and main else None
+    for name, split_set in (("val", val_set), ("test", test_set)):  # an impossible episode shape fails now, not after an epoch
+        if split_set is not None:
+            EpisodeSampler(split_set.labels, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)
     sampler = EpisodeSampler(train_set.labels, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
     model = HR2G(cfg.model, cfg.data.frames).to(device)
     # text features of every class up front, in one batch: the cached values then do not depend
@@ -210,7 +231,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     start_epoch, start_step, best, failures = 0, 0, -1.0, {}
     tally = EpochTally([], [], 0.0)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {path} does not fit the model these settings build ({exc})") from None
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
@@ -293,14 +317,17 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
     finally:
         if runlog is not None:
             runlog.close()
-    summary = {"val_accuracy": val_acc, "best_val": best, "last": str(out / "last.pt"), "best": str(out / "best.pt"),
+    if start_epoch >= cfg.train.epochs and main:
+        log.warning("%s is at the end of epoch %d of %d: nothing to train (pass --epochs N to train longer)", path,
+                    start_epoch, cfg.train.epochs)
+    summary = {"val_accuracy": None if math.isnan(val_acc) else val_acc, "best_val": best,
+               "last": str(out / "last.pt"), "best": str(out / "best.pt"),
                "skipped_videos": len(failures), "seconds": time.time() - t0, "world_size": dist_info.world,
                "bank_digest": bank_digest(model)}
     if main and failures:
         log.warning("%d unreadable videos were skipped during training: %s", len(failures), ", ".join(list(failures)[:5]))
         (out / "unreadable_videos.json").write_text(json.dumps(failures, indent=2))
-    if main and cfg.train.test_episodes > 0:
-        test_set = build_dataset(cfg.data, "test")
+    if test_set is not None:
         res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
                              k_shot=cfg.data.k_shot, progress=False)
         log.info("novel classes (test split): %d-way %d-shot accuracy %.2f ± %.2f %% over %d episodes (chance %.1f %%)",

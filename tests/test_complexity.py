@@ -40,7 +40,8 @@ def test_tiny_report_parameters_flops_and_cpu_memory(tmp_path, capsys):
     want = heads_params(c) | {"adapters": adapters(64, 2, 16), "metric": 0, "aux_logit_scale": 0}
     assert {k: p["modules"][k] for k in want} == want
     assert p["trainable"] == sum(want.values()) and p["trainable"] + p["frozen"] == p["total"]
-    assert p["frozen"] == p["modules"]["clip_frozen"]
+    assert p["frozen"] == p["modules"]["clip_visual_frozen"] + p["modules"]["clip_text_frozen"]
+    assert sum(p["modules"].values()) == p["total"]
 
     f = r["inference"]["flops"]["modules"]
     nst = n * t  # support frame tokens
@@ -70,13 +71,13 @@ def test_vit_b16_parameters_match_open_clip():
                          "--no-timing"])
     clip = open_clip.create_model("ViT-B-16", pretrained=None)
     p = r["params"]
-    assert p["modules"]["clip_frozen"] == sum(x.numel() for x in clip.parameters())
     assert p["modules"]["clip_visual_frozen"] == sum(x.numel() for x in clip.visual.parameters())
+    assert p["modules"]["clip_visual_frozen"] + p["modules"]["clip_text_frozen"] == sum(x.numel() for x in clip.parameters())
     assert p["modules"]["adapters"] == adapters(768, 12, 64)  # ViT-B/16: 12 blocks of width 768
     want = heads_params(512) | {"adapters": adapters(768, 12, 64), "metric": 0, "aux_logit_scale": 1}  # hmdb51: aux loss on
     assert {k: p["modules"][k] for k in want} == want
     assert p["trainable"] == sum(want.values())  # 8.16M (the paper reports 19.9M: adapter width not given)
-    assert p["total"] == p["trainable"] + p["modules"]["clip_frozen"]
+    assert p["total"] == sum(p["modules"].values())
     assert r["backbone"] == "ViT-B-16" and r["image_size"] == [224, 224]
     assert r["inference"] == {} and r["training"] == {}  # --no-flops --no-timing: nothing measured, nothing made up
 

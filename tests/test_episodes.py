@@ -41,7 +41,7 @@ def test_episodes_are_class_major_and_reproducible():
 
 
 def test_k_too_large_names_the_allowed_range():
-    with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6, n_way <= 0"):
+    with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6$"):
         EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=4, q_query=3, split="test")
 
 

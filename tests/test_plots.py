@@ -139,10 +139,16 @@ def test_heatmap_tsne_curves_and_sweep_figures(run, tmp_path):
     (["tsne", "--classes", "40"], "--classes 40: the test split has 32 classes"),
     (["heatmap", "--query", "9"], r"--query 9: the episode has 5 queries \(0..4\)"),
     (["curves", "--run", "/nonexistent"], "--run: no training log at /nonexistent/log.csv"),
+    (["curves", "--run", "HEADER_ONLY"], r"--run: .*log.csv has no rows yet"),
+    (["sweep", "--table", "/nonexistent.json"], r"--table: /nonexistent.json does not exist"),
+    (["curves", "--run", "/nonexistent", "--out", "/proc/x.png"], r"--out: cannot write '/proc/x.png'"),
 ])
-def test_bad_arguments_name_the_flag(run, argv, message):
+def test_bad_arguments_name_the_flag(run, argv, message, tmp_path):
     _, summary = run
-    if argv[0] != "curves":
+    if "HEADER_ONLY" in argv:
+        (tmp_path / "log.csv").write_text("epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n")
+        argv = [str(tmp_path) if a == "HEADER_ONLY" else a for a in argv]
+    if argv[0] not in ("curves", "sweep"):
         argv = argv + ["--checkpoint", summary["last"], "--device", "cpu"]
     with pytest.raises(SystemExit, match=message):
         plots.main(argv)

@@ -149,3 +149,30 @@ def test_config_round_trips_optional_string_fields():
     back = Config.from_dict(cfg.to_dict())
     assert back.model.pretrained == "openai" and back.data.data_root == "/data/hmdb51" and back.data.k_shot == 5
     assert back.to_dict() == cfg.to_dict()
+
+
+def test_checkpoints_load_without_running_code_from_the_file(trained, tmp_path):
+    cfg, summary = trained
+    ckpt = torch.load(summary["last"], weights_only=True)  # plain data and tensors only, RNG state included
+    assert ckpt["epoch"] == cfg.train.epochs
+
+    class Payload:  # what a malicious checkpoint carries: a call made while unpickling
+        def __reduce__(self):
+            import os
+            return (os.getpid, ())
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"config": {}, "model": Payload()}, bad)
+    with pytest.raises(ValueError, match=r"could not be read \(UnpicklingError"):
+        checkpoint.load(bad)
+
+
+def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        checkpoint.save_atomic({"config": {}, "model": {}}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "c.pt").st_mode & 0o777) == oct(0o644)  # not mkstemp's 0600

@@ -60,10 +60,11 @@ class EpisodeSampler:
         self.classes = classes[counts >= need]
         if len(self.classes) < self.n_way:
             most = int(counts.max()) if len(counts) else 0
+            allowed = f"k_shot + q_query <= {most}" + (f", n_way <= {len(self.classes)}" if len(self.classes) else "")
             raise ValueError(
                 f"{split}: {self.n_way}-way {self.k_shot}-shot with {self.q_query} queries needs {self.n_way} classes with "
                 f">= {need} videos each, but only {len(self.classes)} of {len(classes)} classes have that many "
-                f"(largest class: {most} videos); allowed: k_shot + q_query <= {most}, n_way <= {len(self.classes)}")
+                f"(largest class: {most} videos); allowed: {allowed}")
         self._by_class = {int(c): np.flatnonzero(labels == c) for c in self.classes}
 
     def sample(self, rng: np.random.Generator) -> EpisodeSpec:

@@ -69,7 +69,7 @@ def _create_clip(cfg: ModelConfig) -> tuple[nn.Module, str]:
     except Exception as exc:
         raise RuntimeError(
             f"could not load CLIP {cfg.backbone} weights {pretrained!r} ({type(exc).__name__}: {exc}). Without network "
-            "access, pass a local checkpoint with --set model.pretrained=/path/to/open_clip_{cfg.backbone}.pt") from exc
+            f"access, pass a local checkpoint with --set model.pretrained=/path/to/open_clip_{cfg.backbone}.pt") from exc
     return model, cfg.backbone
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hr2g import ops
+from hr2g import _dispatch, ops
 
 
 class IKT(nn.Module):
@@ -49,7 +49,7 @@ class IKT(nn.Module):
         e, m, c = p_hat.shape
         # bank math in fp32 even under bf16 autocast: cosine top-k on bf16 flips near-ties
         out = ops.bank_retrieve(p_hat.reshape(e * m, c).float(), self.bank, filled, min(self.topk, filled),
-                                self.temperature, backend=self.backend)
+                                self.temperature, backend=_dispatch.model_backend("bank_retrieve", self.backend))
         return out.view(e, m, c).to(p_hat.dtype)
 
     def _refine(self, f: torch.Tensor, p_bar: torch.Tensor) -> torch.Tensor:
@@ -73,5 +73,6 @@ class IKT(nn.Module):
         if not self.training:
             raise RuntimeError("IKT.update_bank called in eval mode: the knowledge bank is frozen at evaluation")
         protos = p_hat.detach().reshape(-1, p_hat.shape[-1]).float()
-        filled = ops.bank_update_(self.bank, int(self.bank_filled), protos, self.momentum, backend=self.backend)
+        backend = _dispatch.model_backend("bank_update_", self.backend)
+        filled = ops.bank_update_(self.bank, int(self.bank_filled), protos, self.momentum, backend=backend)
         self.bank_filled.fill_(filled)

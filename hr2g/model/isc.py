@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from hr2g import ops
+from hr2g import _dispatch, ops
 
 
 class ISC(nn.Module):
@@ -34,7 +34,8 @@ class ISC(nn.Module):
     def _attend(self, x: torch.Tensor, n_support: int | None) -> torch.Tensor:
         """Pre-norm attention over axis -2 of ``x [B, S, C]`` -> update ``[B, S, C]``."""
         q, k, v = rearrange(self.qkv(self.norm(x)), "b s (three h d) -> three b h s d", three=3, h=self.heads)
-        out = ops.sample_attention(q, k, v, n_support, backend=self.backend)  # each [B, H, S, d]
+        backend = _dispatch.model_backend("sample_attention", self.backend)
+        out = ops.sample_attention(q, k, v, n_support, backend=backend)  # each [B, H, S, d]
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))
 
     def forward(self, fs: torch.Tensor, fq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from hr2g import ops
+from hr2g import _dispatch, ops
 from hr2g.reference import otam_cosine_distance
 
 
@@ -26,7 +26,7 @@ class OTAM(nn.Module):
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
         e, l = query.shape[:2]
-        d = ops.otam_distance(query, support, self.lam, backend=self.backend)  # [E, L, N*K]
+        d = ops.otam_distance(query, support, self.lam, backend=_dispatch.model_backend("otam_distance", self.backend))
         return -d.view(e, l, -1, k).mean(-1)
 
 

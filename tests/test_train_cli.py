@@ -1,0 +1,121 @@
+"""``python -m hr2g.train`` / ``hr2g.evaluate`` as a user meets them: what --resume continues, run
+folders that are not clobbered, and mistakes reported before any work is done."""
+import json
+
+import pytest
+
+from hr2g import checkpoint
+from hr2g import evaluate as evaluate_cli
+from hr2g import train as train_cli
+
+TINY = ["--no-progress", "--episodes-per-epoch", "2", "--set", "data.frames=4", "--set", "data.synthetic_videos_per_class=6",
+        "--set", "train.val_episodes=2"]
+
+
+def _config(run) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """A finished 1-epoch fused run in tmp_path/run; the working directory is tmp_path, where the
+    preset's default folder (runs/tiny) must never appear."""
+    monkeypatch.chdir(tmp_path)
+    train_cli.main(TINY + ["--fused", "--epochs", "1", "--out", "run"])
+    return tmp_path / "run"
+
+
+def test_resume_from_a_path_continues_in_that_folder_with_its_settings(run, tmp_path):
+    # the command a stopped run prints: no --out, no --fused
+    summary = train_cli.main(["--no-progress", "--resume", str(run / "last.pt"), "--epochs", "2"])
+    assert summary["last"] == str(run / "last.pt") and not (tmp_path / "runs").exists()
+    cfg = _config(run)
+    assert cfg["model"]["backend"] == "auto" and cfg["train"]["epochs"] == 2 and cfg["data"]["frames"] == 4
+    assert checkpoint.load(run / "last.pt")["epoch"] == 2
+
+
+def test_resume_auto_keeps_the_checkpoint_settings_and_applies_the_flags_given(run):
+    train_cli.main(["--no-progress", "--out", str(run), "--resume", "auto", "--epochs", "2", "--set", "train.lr=5e-4"])
+    cfg = _config(run)
+    assert cfg["model"]["backend"] == "auto" and cfg["data"]["frames"] == 4  # from the checkpoint
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["lr"] == 5e-4  # from this command line
+    assert cfg["train"]["episodes_per_epoch"] == 2
+
+
+def test_resume_at_the_end_trains_nothing_and_says_so(run, caplog):
+    summary = train_cli.main(["--no-progress", "--resume", str(run / "last.pt")])
+    assert summary["val_accuracy"] is None and json.dumps(summary, allow_nan=False)
+    assert "nothing to train (pass --epochs N to train longer)" in caplog.text
+
+
+def test_a_new_run_does_not_clobber_an_existing_one(run):
+    log_before = (run / "log.csv").read_text()
+    with pytest.raises(SystemExit, match=r"already holds a run .*--resume auto.*--overwrite"):
+        train_cli.main(TINY + ["--epochs", "1", "--out", str(run)])
+    assert (run / "log.csv").read_text() == log_before and _config(run)["model"]["backend"] == "auto"
+    train_cli.main(TINY + ["--epochs", "1", "--out", str(run), "--overwrite"])
+    assert _config(run)["model"]["backend"] == "torch"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume", "nope.pt"], r"--resume: checkpoint 'nope.pt' does not exist"),
+    (["--out", "afile"], r"--out: 'afile' is a file, expected a folder"),
+    (["--set", "train.lr=nan"], r"train.lr=nan must be > 0"),
+    (["--set", "model.ikt_momentum=nan"], r"model.ikt_momentum=nan is outside the allowed range"),
+    (["--data-root", "DATA"], r"--data-root DATA needs --dataset"),
+])
+def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=message):
+        train_cli.main(TINY + argv)
+
+
+def test_an_impossible_evaluation_shape_fails_before_training(tmp_path):
+    # the synthetic val split has 16 classes: 17-way validation can never run
+    with pytest.raises(ValueError, match=r"val: 17-way 1-shot .* n_way <= 16"):
+        train_cli.main(TINY + ["--ways", "17", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_an_explicit_backend_that_cannot_run_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors and no interpreter: Triton cannot run
+    with pytest.raises(ValueError, match=r"model.backend=triton cannot run otam_distance on cpu: triton refused"):
+        train_cli.main(TINY + ["--backend", "triton", "--device", "cpu", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_model_wide_backend_applies_where_an_op_has_it(tmp_path):
+    # --backend ext: the bank ops on the extension, OTAM and attention (no ext kernels) on auto
+    from hr2g import _dispatch
+
+    assert _dispatch.model_backend("bank_retrieve", "ext") == "ext"
+    assert _dispatch.model_backend("otam_distance", "ext") == "auto"
+    assert _dispatch.model_backend("bank_update_", "cuda") == "cuda"
+    assert _dispatch.model_backend("sample_attention", "triton") == "triton"
+    assert _dispatch.model_backend("bank_retrieve", "torch") == "torch"
+    pytest.importorskip("hr2g._C", reason="the extension is not built")
+    summary = train_cli.main(TINY + ["--backend", "ext", "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert summary["bank_digest"]  # trained, the bank on the extension
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--episodes", "0"], r"--episodes: eval.episodes=0 is outside the allowed range \[1, inf\]"),
+    (["--batch-episodes", "-1"], r"--batch-episodes: eval.batch_episodes=-1 is outside"),
+    (["--queries", "0"], r"--queries: data.test_q_query=0 is outside"),
+    (["--ways", "1"], r"--ways: data.n_way=1 is outside"),
+    (["--shots", "0", "1"], r"--shots expects integers >= 1, got \[0\]"),
+    (["--json", "afile/x.json"], r"--json: cannot write 'afile/x.json'"),
+])
+def test_evaluate_mistakes_stop_before_any_work(run, tmp_path, argv, message):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=message):
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--no-progress"] + argv)
+
+
+def test_missing_clip_weights_name_the_file_to_pass():
+    from hr2g.config import ModelConfig
+    from hr2g.model.encoder import CLIPEncoder
+
+    with pytest.raises(RuntimeError, match=r"--set model.pretrained=/path/to/open_clip_RN50\.pt"):
+        CLIPEncoder(ModelConfig(backbone="RN50", pretrained="no_such_tag"))
