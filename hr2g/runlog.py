@@ -64,8 +64,9 @@ class RunLog:
             self._csv = csv.writer(self._file)
             self._csv.writerow(COLUMNS)
             self._file.flush()
-        # purge_step hides the events the interrupted run logged after the checkpoint (steps > resume_at)
-        self._tb = _open_tensorboard(out / "tb", None if resume_at is None else resume_at + 1) if tensorboard else None
+        # purge_step hides the events an interrupted run logged after the checkpoint (steps > resume_at),
+        # or, for a fresh run (--overwrite), every event of the run it replaces
+        self._tb = _open_tensorboard(out / "tb", 0 if resume_at is None else resume_at + 1) if tensorboard else None
 
     def _truncate(self, path: Path, resume_at: int) -> None:
         with open(path, newline="") as f:
