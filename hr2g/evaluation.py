@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset, VideoReadError
-from hr2g.data.episodes import EpisodeSampler, EpisodeSpec
+from hr2g.data.episodes import ClassExhausted, EpisodeSampler, EpisodeSpec
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.evaluate")
@@ -80,8 +80,9 @@ def encode_for_episodes(model: HR2G, dataset: VideoDataset, needed: list[int], d
     return rows, feats, failed, set(range(len(dataset))) - set(rows)
 
 
-def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec:
-    """Replace unreadable videos (``bad``) of an episode with other videos of the same class."""
+def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec | None:
+    """Replace unreadable videos (``bad``) of an episode with other videos of the same class;
+    None if a class has too few readable videos (the episode cannot be evaluated as drawn)."""
     used = set(spec.support.tolist() + spec.query.tolist())
     if not used & bad:
         return spec
@@ -94,7 +95,25 @@ def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.ra
                 used.add(int(arr[j]))
         return arr
 
-    return EpisodeSpec(spec.classes, fix(spec.support), fix(spec.query))
+    try:
+        return EpisodeSpec(spec.classes, fix(spec.support), fix(spec.query))
+    except ClassExhausted:
+        return None
+
+
+def repair_episodes(specs: list[EpisodeSpec], bad: set[int], sampler: EpisodeSampler,
+                    rng: np.random.Generator) -> list[EpisodeSpec]:
+    """:func:`repair` every episode; those that cannot be repaired are dropped, with a warning
+    (the accuracy is then over fewer episodes, and says so in its count)."""
+    fixed = [repair(s, bad, sampler, rng) for s in specs]
+    kept = [s for s in fixed if s is not None]
+    need = sampler.k_shot + sampler.q_query
+    if len(kept) < len(fixed):
+        log.warning("%d of %d episodes dropped: a class of theirs has fewer than %d readable videos",
+                    len(fixed) - len(kept), len(fixed), need)
+    if not kept:
+        raise ValueError(f"{sampler.split}: every episode has a class with fewer than {need} readable videos")
+    return kept
 
 
 @torch.no_grad()
@@ -132,13 +151,13 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
     device = next(model.parameters()).device
     amp = cfg.train.amp and device.type == "cuda"
     bank_before = model.ikt.bank.clone() if model.ikt is not None else None
-    sampler = EpisodeSampler(dataset.labels, n_way, k_shot, q_query, split="evaluation")
+    sampler = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split="evaluation")
     specs = sampler.fixed(episodes, seed)
     needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
     rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
     if failed:
         rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
-        specs = [repair(s, bad, sampler, rng) for s in specs]
+        specs = repair_episodes(specs, bad, sampler, rng)
     text_all = model.text_features(dataset.class_names)  # [classes, C]
     acc = episode_accuracies(model, feats, rows, specs, text_all, n_way, k_shot, q_query, batch_episodes, amp, progress)
     if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):

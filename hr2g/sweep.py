@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import EpisodeSampler
-from hr2g.evaluation import confidence95, encode_for_episodes, episode_accuracies, repair
+from hr2g.evaluation import confidence95, encode_for_episodes, episode_accuracies, repair_episodes
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.sweep")
@@ -54,7 +54,7 @@ def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query:
     for n in ways:
         for k in shots:
             try:
-                samplers[n, k] = EpisodeSampler(dataset.labels, n, k, q_query, split=split)
+                samplers[n, k] = EpisodeSampler.for_dataset(dataset, n, k, q_query, split=split)
             except ValueError as exc:
                 raise ValueError(f"grid point {n}-way {k}-shot cannot be sampled: {exc}") from None
     return samplers
@@ -81,7 +81,7 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
     if failed:
         for nk in specs:  # the same seeded repair rng per point as evaluate_model: identical episodes
             rng = np.random.default_rng([seed, 1])
-            specs[nk] = [repair(s, bad, samplers[nk], rng) for s in specs[nk]]
+            specs[nk] = repair_episodes(specs[nk], bad, samplers[nk], rng)
         log.warning("%d unreadable videos were replaced by other videos of their class", len(failed))
     text_all = model.text_features(dataset.class_names)  # [classes, C]
     results = []

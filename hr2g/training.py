@@ -218,8 +218,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     test_set = build_dataset(cfg.data, "test") if cfg.train.test_episodes > 0 and main else None
     for name, split_set in (("val", val_set), ("test", test_set)):  # an impossible episode shape fails now, not after an epoch
         if split_set is not None:
-            EpisodeSampler(split_set.labels, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)
-    sampler = EpisodeSampler(train_set.labels, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
+            EpisodeSampler.for_dataset(split_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)
+    sampler = EpisodeSampler.for_dataset(train_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
     model = HR2G(cfg.model, cfg.data.frames).to(device)
     # text features of every class up front, in one batch: the cached values then do not depend
     # on which episode first met a class (batch composition changes the last float bits, and

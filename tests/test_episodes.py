@@ -9,11 +9,11 @@ from hr2g.data.synthetic import SPLIT_SIZES, SyntheticActions, all_classes, clas
 
 
 class FlakyDataset(VideoDataset):
-    """Labels 0..4 with 4 videos each; the listed indices are unreadable."""
+    """Labels 0..classes-1 with 4 videos each; the listed indices are unreadable."""
 
-    def __init__(self, bad=()):
-        self.class_names = [f"c{i}" for i in range(5)]
-        self.labels = np.repeat(np.arange(5), 4)
+    def __init__(self, bad=(), classes=5):
+        self.class_names = [f"c{i}" for i in range(classes)]
+        self.labels = np.repeat(np.arange(classes), 4)
         self.bad = set(bad)
         self.reads = []
 
@@ -61,13 +61,46 @@ def test_unreadable_video_is_skipped_counted_and_replaced_by_its_class():
     assert ds.reads.count(1) == 1, "a known-bad video was decoded again"
 
 
-def test_class_without_readable_videos_left_is_a_clear_error():
-    ds = FlakyDataset(bad={0, 1, 2})  # class 0 keeps one readable video: not enough for 1-shot + 1 query
-    s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1)
-    spec = next(sp for sp in s.fixed(50, 0) if 0 in sp.classes and {0, 1, 2} & set(sp.support.tolist() + sp.query.tolist()))
-    with pytest.raises(RuntimeError, match="class 0: no readable video left"):
-        for _ in range(3):
-            load_episode(ds, s, spec, True, np.random.default_rng(0), ReadStats())
+def _episode_with_bad_class0(sampler):
+    return next(sp for sp in sampler.fixed(50, 0) if 0 in sp.classes and {0, 1, 2} & set(sp.support.tolist() + sp.query.tolist()))
+
+
+def test_a_class_without_enough_readable_videos_is_retired_and_the_episode_redrawn(caplog):
+    ds = FlakyDataset(bad={0, 1, 2}, classes=6)  # class 0 keeps one readable video: not enough for 1-shot + 1 query
+    s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1, split="train")
+    ep = load_episode(ds, s, _episode_with_bad_class0(s), True, np.random.default_rng(0), ReadStats())
+    assert 0 not in ep.classes.tolist() and len(ep.classes) == 5
+    assert 0 not in s.classes.tolist() and "class 'c0' has too few readable videos left" in caplog.text
+    rng = np.random.default_rng(1)
+    assert all(0 not in s.sample(rng).classes for _ in range(20))
+
+
+def test_too_few_classes_left_is_a_clear_error():
+    ds = FlakyDataset(bad={0, 1, 2})  # 5 classes, 5-way: retiring class 0 leaves 4
+    s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1, split="train")
+    with pytest.raises(ValueError, match=r"train: only 4 classes keep >= 2 readable videos, fewer than n_way=5"):
+        load_episode(ds, s, _episode_with_bad_class0(s), True, np.random.default_rng(0), ReadStats())
+
+
+def test_missing_videos_are_never_drawn():
+    ds = FlakyDataset(classes=6)
+    ds.unavailable = frozenset({0, 1, 2, 5})  # class 0 keeps one video, class 1 three
+    s = EpisodeSampler.for_dataset(ds, n_way=5, k_shot=1, q_query=2, split="train")
+    assert s.classes.tolist() == [1, 2, 3, 4, 5]
+    for sp in s.fixed(30, 0):
+        assert not {0, 1, 2, 5} & set(sp.support.tolist() + sp.query.tolist())
+
+
+def test_evaluation_drops_the_episodes_it_cannot_repair(caplog):
+    from hr2g.evaluation import repair_episodes
+
+    ds = FlakyDataset(classes=6)
+    s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1, split="evaluation")
+    specs = s.fixed(40, 0)
+    kept = repair_episodes(specs, {0, 1, 2}, s, np.random.default_rng(0))  # class 0: one readable video
+    with_0 = [sp for sp in specs if 0 in sp.classes]
+    assert 0 < len(with_0) and len(kept) == len(specs) - len(with_0)
+    assert all(0 not in sp.classes for sp in kept) and "dropped: a class of theirs has fewer than 2" in caplog.text
 
 
 @pytest.mark.parametrize("n, t", [(1, 8), (5, 8), (8, 8), (16, 8), (301, 8), (10, 3)])

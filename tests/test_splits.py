@@ -49,6 +49,15 @@ def test_indexed_path_list(tmp_path):
     assert s.videos[3] == "videos/catch/c d.avi"
 
 
+def test_byte_order_mark_and_crlf_are_ignored(tmp_path):
+    # a list re-saved by a Windows editor: BOM + CRLF; the BOM used to make line 1 unlike the rest,
+    # so the list was read as "class name/video" with a class called "\ufefftrain0//videos/brush hair"
+    f = tmp_path / "train_few_shot.txt"
+    f.write_bytes("\ufefftrain0//videos/brush_hair/a.avi\r\ntrain1//videos/catch/c.avi\r\n".encode("utf-8"))
+    s = read_split(f)
+    assert (s.format, s.class_names, s.videos) == ("indexed_path", ["brush hair", "catch"], ["videos/brush_hair/a.avi", "videos/catch/c.avi"])
+
+
 def test_named_list_with_spaces_and_first_appearance_order(tmp_path):
     f = write(tmp_path / "vallist03.txt", ["Pouring something into something/51958",
                                            "Holding something behind something/511",

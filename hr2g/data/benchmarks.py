@@ -96,6 +96,7 @@ class BenchmarkDataset(VideoDataset):
         if not report.ok:
             log.warning("%s; the missing ones count as unreadable videos (skipped and resampled)", report.message())
         self.report = report  # what validate_root found: counts and missing entries
+        self.unavailable = frozenset(i for i, p in enumerate(self.paths) if p is None)
         self.class_names = list(split.class_names)
         self.labels = split.labels
         self._meta: dict[int, VideoInfo | FrameFolderInfo] = {}  # probed once per video and process

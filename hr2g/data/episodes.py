@@ -46,17 +46,32 @@ class ReadStats:
         return len(self.failed)
 
 
-class EpisodeSampler:
-    """Draws N-way K-shot Q-query episodes from a dataset's labels."""
+class ClassExhausted(RuntimeError):
+    """A class has too few readable videos left to fill its part of an episode."""
 
-    def __init__(self, labels: np.ndarray, n_way: int, k_shot: int, q_query: int, split: str = "dataset"):
-        labels = np.asarray(labels)
+    def __init__(self, label: int):
+        super().__init__(f"class {label}: no readable video left to replace an unreadable one")
+        self.label = label
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes from a dataset's labels.
+
+    ``exclude``: indices of videos never to draw (known missing); a class counts only its others.
+    """
+
+    def __init__(self, labels: np.ndarray, n_way: int, k_shot: int, q_query: int, split: str = "dataset",
+                 exclude=frozenset()):
+        labels = np.asarray(labels).copy()
+        if len(exclude):
+            labels[np.fromiter(exclude, dtype=np.int64)] = -1  # below every label: dropped below
+        self.split = split
         for name, val in (("n_way", n_way), ("k_shot", k_shot), ("q_query", q_query)):
             if int(val) < 1:
                 raise ValueError(f"{name} must be >= 1, got {val}")
         self.n_way, self.k_shot, self.q_query = int(n_way), int(k_shot), int(q_query)
         need = self.k_shot + self.q_query
-        classes, counts = np.unique(labels, return_counts=True)
+        classes, counts = np.unique(labels[labels >= 0], return_counts=True)
         self.classes = classes[counts >= need]
         if len(self.classes) < self.n_way:
             most = int(counts.max()) if len(counts) else 0
@@ -66,6 +81,18 @@ class EpisodeSampler:
                 f">= {need} videos each, but only {len(self.classes)} of {len(classes)} classes have that many "
                 f"(largest class: {most} videos); allowed: {allowed}")
         self._by_class = {int(c): np.flatnonzero(labels == c) for c in self.classes}
+
+    @classmethod
+    def for_dataset(cls, dataset: VideoDataset, n_way: int, k_shot: int, q_query: int, split: str = "dataset"):
+        """A sampler over ``dataset``'s videos that exist (``dataset.unavailable`` excluded)."""
+        return cls(dataset.labels, n_way, k_shot, q_query, split, exclude=dataset.unavailable)
+
+    def retire(self, label: int) -> None:
+        """Stop drawing class ``label`` (its readable videos ran out); refuses when fewer than N remain."""
+        self.classes = self.classes[self.classes != label]
+        if len(self.classes) < self.n_way:
+            raise ValueError(f"{self.split}: only {len(self.classes)} classes keep >= {self.k_shot + self.q_query} readable "
+                             f"videos, fewer than n_way={self.n_way}: too many unreadable videos (see the warnings)")
 
     def sample(self, rng: np.random.Generator) -> EpisodeSpec:
         classes = rng.choice(self.classes, size=self.n_way, replace=False)
@@ -84,15 +111,28 @@ class EpisodeSampler:
     def replacement(self, label: int, exclude: set[int], bad: set[int], rng: np.random.Generator) -> int:
         pool = [int(v) for v in self._by_class[int(label)] if int(v) not in exclude and int(v) not in bad]
         if not pool:
-            raise RuntimeError(f"class {label}: no readable video left to replace an unreadable one")
+            raise ClassExhausted(int(label))
         return int(rng.choice(pool))
 
 
 def load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSpec, train: bool,
                  rng: np.random.Generator, stats: ReadStats | None = None) -> Episode:
     """Decode an episode's clips; an unreadable video is logged, counted in ``stats`` and replaced
-    by another video of the same class (episodes are resampled around it)."""
+    by another video of the same class.  A class left without enough readable videos is retired
+    from ``sampler`` and a new episode is drawn in its place."""
     stats = stats if stats is not None else ReadStats()  # one ReadStats per dataset
+    while True:
+        try:
+            return _load_episode(dataset, sampler, spec, train, rng, stats)
+        except ClassExhausted as exc:
+            log.warning("%s: class %r has too few readable videos left; no longer sampled", sampler.split,
+                        dataset.class_names[exc.label])
+            sampler.retire(exc.label)
+            spec = sampler.sample(rng)
+
+
+def _load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSpec, train: bool,
+                  rng: np.random.Generator, stats: ReadStats) -> Episode:
     bad = stats.bad
     used = set(int(v) for v in np.concatenate([spec.support, spec.query]))
 

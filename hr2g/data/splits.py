@@ -76,9 +76,11 @@ def prompt_name(raw: str) -> str:
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of the non-empty, non-comment lines; CRLF and trailing blanks dropped."""
+    """(line number, text) of the non-empty, non-comment lines; CRLF, trailing blanks and a UTF-8
+    byte-order mark (Windows editors add one; it would make the first line unlike the others and
+    switch the detected format) dropped."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for no, line in enumerate(f, 1):
             line = line.rstrip()
             if line and not line.startswith("#"):
