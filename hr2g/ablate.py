@@ -49,6 +49,9 @@ class Study:
     name: str
     title: str
     variants: tuple[Variant, ...]
+    # the modules the study varies, switched on before each variant: a --set model.ikt=false given
+    # for the whole run must not turn Table 7's six kappa values into one model trained six times
+    needs: tuple[str, ...] = ()
 
 
 def _sweep(name: str, field: str, values, fmt=str) -> tuple[Variant, ...]:
@@ -66,17 +69,20 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
         Variant("global", ("model.isc_mask=global",)),  # video level: attention over mean-pooled videos
         Variant("dense", ("model.isc_mask=dense",)),  # frame level: attention over all S*T frame tokens
         Variant("isc", ("model.isc_mask=adaptive",)),  # ISC: along the sample axis at each frame position
-    )),
+    ), needs=("model.isc=true",)),
     Study("table6", "Table 6: ISC mask strategy", tuple(
-        Variant(m, (f"model.isc_mask={m}",)) for m in ("adaptive", "support-support", "query-support", "full"))),
+        Variant(m, (f"model.isc_mask={m}",)) for m in ("adaptive", "support-support", "query-support", "full")),
+        needs=("model.isc=true",)),
     Study("table7", "Table 7: retrieval fraction kappa (O = round(kappa G))",
-          _sweep("kappa", "model.ikt_kappa", (0.1, 0.3, 0.5, 0.7, 0.9, 1.0))),
-    Study("table8", "Table 8: number of prototypes M", _sweep("M", "model.ikt_prototypes", (1, 2, 3, 4, 5))),
+          _sweep("kappa", "model.ikt_kappa", (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)), needs=("model.ikt=true",)),
+    Study("table8", "Table 8: number of prototypes M", _sweep("M", "model.ikt_prototypes", (1, 2, 3, 4, 5)),
+          needs=("model.ikt=true",)),
     Study("table9", "Table 9: bank momentum mu and bank size G", (
         *(Variant(f"mu={mu}", (f"model.ikt_momentum={mu}", "model.ikt_bank_size=50")) for mu in (0.9, 0.95, 0.99, 0.999)),
         *(Variant(f"G={g}", ("model.ikt_momentum=0.99", f"model.ikt_bank_size={g}")) for g in (10, 30, 70, 100)),
-    )),
-    Study("table10", "Table 10: order of ISC and IKT", tuple(Variant(o, (f"model.order={o}",)) for o in ("isc-ikt", "ikt-isc"))),
+    ), needs=("model.ikt=true",)),
+    Study("table10", "Table 10: order of ISC and IKT", tuple(Variant(o, (f"model.order={o}",)) for o in ("isc-ikt", "ikt-isc")),
+          needs=("model.isc=true", "model.ikt=true")),
     Study("table12", "Table 12: metric", tuple(Variant(m, (f"model.metric={m}",)) for m in ("otam", "trx", "bimhm"))),
 )}
 
@@ -84,9 +90,9 @@ CSV_FIELDS = ("study", "variant", "overrides", "dataset", "backbone", "n_way", "
               "trainable_params", "total_params", "best_val", "checkpoint", "train_seconds", "reused_from")
 
 
-def variant_config(base: Config, variant: Variant) -> Config:
+def variant_config(base: Config, variant: Variant, needs: tuple[str, ...] = ()) -> Config:
     cfg = copy.deepcopy(base)
-    for item in variant.overrides:
+    for item in needs + variant.overrides:
         key, value = item.split("=", 1)
         set_field(cfg, key, value)
     return cfg.validate()
@@ -133,7 +139,7 @@ def run_variant(base: Config, study: Study, variant: Variant, out: Path, episode
     from hr2g.evaluation import evaluate_model, load_model
     from hr2g.training import resolve_device, train
 
-    cfg = variant_config(base, variant)
+    cfg = variant_config(base, variant, study.needs)
     vdir = out / study.name / variant.name
     result_path = vdir / "result.json"
     cfg.train.out_dir = str(vdir / "run")

@@ -68,13 +68,21 @@ def test_a_changed_configuration_stops_instead_of_mixing_results(table4):
         ablate.main(["--study", "table4", "--out", str(out), "--set", "train.lr=0.002"] + TINY)
 
 
-def test_every_study_variant_is_a_valid_configuration():
+@pytest.mark.parametrize("modules", ["on", "off"])
+def test_every_study_variant_is_a_valid_configuration(modules):
     base = get_preset("tiny")
+    if modules == "off":  # a run-wide --set model.isc=false --set model.ikt=false: each study turns on what it varies
+        base.model.isc = base.model.ikt = False
     for study in ablate.STUDIES.values():
         names = [v.name for v in study.variants]
         assert len(set(names)) == len(names), study.name
-        configs = [json.dumps(ablate.variant_config(base, v).to_dict(), sort_keys=True) for v in study.variants]
+        configs = [json.dumps(ablate.variant_config(base, v, study.needs).to_dict(), sort_keys=True) for v in study.variants]
         assert len(set(configs)) == len(configs), f"{study.name}: two variants train the same model"
+        for v in study.variants:  # the module whose setting a variant changes is on (else the change is moot)
+            cfg = ablate.variant_config(base, v, study.needs).model
+            for key in (item.split("=")[0] for item in v.overrides):
+                assert cfg.isc or not key.startswith(("model.isc_", "model.order")), f"{study.name}/{v.name}: ISC off"
+                assert cfg.ikt or not key.startswith(("model.ikt_", "model.order")), f"{study.name}/{v.name}: IKT off"
     assert set(ablate.STUDIES) == {"table4", "table5", "table6", "table7", "table8", "table9", "table10", "table12"}
 
 

@@ -77,6 +77,17 @@ def test_frame_folders_read_in_name_order(tmp_path):
         read_frame_files(files, np.array([2]))
 
 
+def test_unpadded_frame_names_keep_frame_order(tmp_path):
+    # 1.jpg ... 12.jpg: as strings "10.jpg" < "2.jpg"; frames must come back in number order
+    src = frame_pattern(12, 32, 40)
+    folder = write_frame_folder(tmp_path / "v", src)
+    for i in range(1, 13):
+        (folder / f"img_{i:05d}.jpg").rename(folder / f"{i}.jpg")
+    files = list_frames(folder)
+    assert [f.rsplit("/", 1)[1] for f in files] == [f"{i}.jpg" for i in range(1, 13)]
+    assert frame_index(read_frame_files(files, np.arange(12)), src).tolist() == list(range(12))
+
+
 def _zero_frame_video(path):
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=25)

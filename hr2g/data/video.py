@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,11 +180,17 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- frame folders
 
 
+def _frame_order(name: str) -> list:
+    """Sort key: digit runs compare as numbers, so unpadded ``1.jpg, 2.jpg, 10.jpg`` keep frame
+    order (as strings 10 sorts before 2); zero-padded names sort as before."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def list_frames(folder: str | Path) -> list[str]:
-    """Image files of a frame folder in frame order (``img_00001.jpg`` ... sorted by name)."""
+    """Image files of a frame folder in frame order (``img_00001.jpg`` ..., or unpadded ``1.jpg`` ...)."""
     folder = str(folder)
     try:
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+        names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_order)
     except OSError as exc:
         raise VideoReadError(folder, f"cannot list the frame folder ({exc.strerror or exc})") from None
     if not names:
