@@ -12,7 +12,9 @@ containing ``clipfsar/hmdb51/`` and ``trx/hmdb_ARN/``):
 Raw layouts (what the video locator searches; ``hr2g.prepare`` keeps the same relative layout):
 
 - HMDB51, UCF101: ``<root>/videos/<ClassFolder>/<name>.avi``
-- Kinetics-100: ``<root>/{train_256,val_256}/<class_folder>/<youtube id>_<start>_<end>.mp4``
+- Kinetics-100: ``<root>/{train_256,val_256}/<class_folder>/<youtube id>_<start>_<end>.mp4`` (the
+  TRX lists' names; the CLIP-FSAR lists name 579 of the ``val_256`` videos ``<youtube id>.mp4``
+  without the times, so one tree cannot match both releases: those count as missing)
 - SSv2: ``<root>/<video id>.webm`` (or under ``20bn-something-something-v2/``), no class folders.
 
 Each may instead be a frame folder ``<same path without extension>/img_00001.jpg ...``.
