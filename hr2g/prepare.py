@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def split_lists(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """(the split lists to prepare, label files naming the classes of index-only ones)."""
-    from hr2g.data.presets import find_label_file, find_split_file, get_preset
+    from hr2g.data.presets import find_annotation_files, find_label_file, find_split_file, get_preset
 
     lists = [Path(p) for p in args.split_list]
     labels = []
@@ -84,6 +84,8 @@ def split_lists(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
             lists.append(find_split_file(preset, args.split_dir, s))
             label = find_label_file(preset, args.split_dir, s, exclude=lists[-1])
             labels += [label] if label else []
+        # SSv2's own annotations (they name the classes of index-only lists) travel with the lists
+        labels += find_annotation_files(preset, args.split_dir, args.src)
     return lists, labels
 
 
@@ -121,11 +123,14 @@ def copy_lists(paths: list[Path], dest: Path) -> list[str]:
 
     copied = []
     for path in paths:
-        target = dest / path.name
+        # labels/train.json of the SSv2 download keeps the name the loader looks for without "labels/"
+        name = f"something-something-v2-{path.name}" if path.parent.name == "labels" and path.name in (
+            "train.json", "validation.json") else path.name
+        target = dest / name
         if not target.exists():
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-            copied.append(path.name)
+            copied.append(name)
     return copied
 
 

@@ -96,3 +96,23 @@ def test_scaled_size_and_cli_errors(tmp_path):
         prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--dataset", "hmdb51", "--split-dir",
                       str(tmp_path)])
     assert prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]) == 1  # no videos
+
+
+def test_ssv2_annotations_travel_with_the_split_lists(tmp_path):
+    # SSv2's own annotation files name the classes of the index-only SSv2-full lists: prepare copies
+    # them next to the prepared videos under the name the loader looks for
+    import argparse
+
+    src = tmp_path / "raw"
+    (src / "splits").mkdir(parents=True)
+    (src / "labels").mkdir()
+    for s in ("train", "val", "test"):
+        (src / "splits" / f"{s}_few_shot.txt").write_text(f"{s}0/11\n")
+    (src / "labels" / "train.json").write_text('[{"id": "11", "template": "Folding [something]"}]')
+    args = argparse.Namespace(split_list=[], split_dir=str(src / "splits"), dataset="ssv2_full",
+                              splits=["train", "val", "test"], src=str(src))
+    lists, labels = prepare.split_lists(args)
+    assert labels == [src / "labels" / "train.json"]
+    copied = prepare.copy_lists(lists + labels, tmp_path / "out" / "splits")
+    assert "something-something-v2-train.json" in copied
+    assert (tmp_path / "out" / "splits" / "something-something-v2-train.json").read_text().startswith('[{"id": "11"')

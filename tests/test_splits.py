@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hr2g.data.presets import PRESETS, find_label_file, find_split_file, get_preset
+from hr2g.data.presets import PRESETS, find_annotation_files, find_label_file, find_split_file, get_preset
 from hr2g.data.splits import detect_format, locate_videos, prompt_name, read_split, validate_root
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
@@ -142,6 +142,55 @@ def test_flat_ssv2_layout(tmp_path):
     s = read_split(write(tmp_path / "trainlist03.txt", ["Pouring something/51958", "Holding/7", "Holding/88", "Holding/9"]))
     got = locate_videos(tmp_path, s, get_preset("ssv2_small"))
     assert [p.name if p else None for p in got] == ["51958.webm", "7.mp4", "88", None]
+
+
+def _ssv2_annotations(path: Path, entries: list[tuple[str, str]]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"id": vid, "label": "x", "template": t, "placeholders": []} for vid, t in entries]))
+    return path
+
+
+def test_index_only_ssv2_list_named_by_the_datasets_own_annotations(tmp_path):
+    # SSv2-full's OTAM lists carry no class names; SSv2's annotation files (released with the
+    # videos) give each video's template: "Holding [something] next to [something]"
+    (tmp_path / "splits").mkdir()
+    lst = write(tmp_path / "splits" / "train_few_shot.txt", ["train0/11", "train0/12", "train1/21", "train2/31"])
+    train = _ssv2_annotations(tmp_path / "labels" / "train.json",
+                              [("11", "Holding [something] next to [something]"), ("21", "Pushing [something] from left to right")])
+    val = _ssv2_annotations(tmp_path / "something-something-v2-validation.json", [("31", "Tearing [something] into two pieces")])
+    found = find_annotation_files(get_preset("ssv2_full"), tmp_path / "splits", tmp_path)
+    assert sorted(map(str, found)) == sorted([str(train), str(val)])
+    s = read_split(lst, "train", label_file=found)
+    assert s.class_names == ["Holding something next to something", "Pushing something from left to right",
+                             "Tearing something into two pieces"]  # as the TRX lists spell SSv2's classes
+    assert find_annotation_files(get_preset("hmdb51"), tmp_path / "splits", tmp_path) == []
+    with pytest.raises(ValueError, match=r"names no video of class indices \[2\]"):
+        read_split(lst, "train", label_file=[train])
+    _ssv2_annotations(train, [("11", "Holding [something]"), ("12", "Dropping [something]"), ("21", "Pushing"), ("31", "x")])
+    with pytest.raises(ValueError, match=r"videos of class index 0 .* carry two names"):
+        read_split(lst, "train", label_file=[train])
+    train.write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match=r"not a Something-Something-v2 annotation file"):
+        read_split(lst, "train", label_file=[train])
+
+
+def test_ssv2_full_dataset_takes_class_names_from_the_annotations_beside_the_videos(tmp_path):
+    from hr2g.config import DataConfig
+    from hr2g.data.benchmarks import BenchmarkDataset
+
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "20bn-something-something-v2").mkdir()
+    for vid in ("11", "21"):
+        (tmp_path / "20bn-something-something-v2" / f"{vid}.webm").write_bytes(b"x")  # located, not decoded here
+    write(tmp_path / "splits" / "train_few_shot.txt", ["train0/11", "train1/21"])
+    _ssv2_annotations(tmp_path / "labels" / "something-something-v2-train.json",
+                      [("11", "Folding [something]"), ("21", "Unfolding [something]")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the placeholder-names warning must not fire
+        ds = BenchmarkDataset.from_config(DataConfig(dataset="ssv2_full", data_root=str(tmp_path)), "train")
+    assert ds.class_names == ["Folding something", "Unfolding something"]
 
 
 def test_presets_flip_and_split_file_lookup(tmp_path):

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from hr2g.data.base import VideoDataset, VideoReadError, tsn_indices
-from hr2g.data.presets import DEFAULT_SPLIT_SUBDIR, DatasetPreset, find_label_file, find_split_file, get_preset
+from hr2g.data.presets import (DEFAULT_SPLIT_SUBDIR, DatasetPreset, find_annotation_files, find_label_file,
+                                find_split_file, get_preset)
 from hr2g.data.splits import Split, locate_videos, read_split, validate_root
 from hr2g.data.transforms import eval_transform, train_transform
 from hr2g.data.video import (FrameFolderInfo, ShortVideo, VideoInfo, decode_frames, probe_frame_folder, probe_video,
@@ -114,7 +115,8 @@ class BenchmarkDataset(VideoDataset):
         root = Path(cfg.data_root)
         split_dir = Path(cfg.split_dir) if cfg.split_dir else root / DEFAULT_SPLIT_SUBDIR
         list_path = find_split_file(preset, split_dir, split)
-        label_file = find_label_file(preset, split_dir, split, exclude=list_path)
+        label_file = find_label_file(preset, split_dir, split, exclude=list_path) or \
+            find_annotation_files(preset, split_dir, root) or None
         parsed = read_split(list_path, split, label_file=label_file)
         want = preset.expected.get(split)
         if want and (parsed.num_classes, len(parsed)) != want:

@@ -26,6 +26,11 @@ from pathlib import Path
 
 SPLITS = ("train", "val", "test")
 
+#: Something-Something-v2's annotation files as released with the videos (``labels/`` of the
+#: download, or renamed): ``[{"id": ..., "template": "Holding [something] next to [something]"}]``
+SSV2_ANNOTATIONS = tuple(f"{d}something-something-v2-{s}.json" for d in ("", "labels/", "annotations/")
+                         for s in ("train", "validation")) + ("labels/train.json", "labels/validation.json")
+
 #: video file extensions the locator tries, after the list's own one; prepared outputs come first
 #: (.mp4 = H.264 for NVDEC, .webm = VP9 for DALI's CPU decoder), then raw containers.
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -50,6 +55,9 @@ class DatasetPreset:
     flip: bool
     #: (classes, videos) per split in the public few-shot splits, for sanity messages
     expected: dict[str, tuple[int, int]]
+    #: the dataset's own per-video annotations naming the classes of index-only lists when no
+    #: label file does, searched in the split dir and the data root (all that exist are read)
+    annotation_files: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, DatasetPreset] = {
@@ -99,20 +107,34 @@ PRESETS: dict[str, DatasetPreset] = {
         class_folders=False,
         flip=False,
         expected={"train": (64, 6400), "val": (12, 1200), "test": (24, 2400)},
+        annotation_files=SSV2_ANNOTATIONS,
     ),
     "ssv2_full": DatasetPreset(
         name="ssv2_full",
         split_files=("{split}_few_shot.txt", "{split}list07.txt"),
         split_subdirs=("", "clipfsar/ssv2_full", "trx/ssv2_OTAM", "ssv2_full", "ssv2_OTAM"),
-        # no public list names the OTAM split's classes; a user-made one-name-per-line file may
+        # no public list names the OTAM split's classes; a user-made one-name-per-line file may,
+        # else SSv2's own annotations (each video's template), which come with the videos
         label_files=("{split}_classes.txt",),
         video_dirs=("", "20bn-something-something-v2", "videos", "frames"),
         extension=".webm",
         class_folders=False,
         flip=False,
         expected={"train": (64, 67013), "val": (12, 1926), "test": (24, 2857)},
+        annotation_files=SSV2_ANNOTATIONS,
     ),
 }
+
+def find_annotation_files(preset: DatasetPreset, split_dir: str | Path, root: str | Path) -> list[Path]:
+    """The preset's annotation files that exist in ``split_dir`` or under the data ``root``."""
+    found = []
+    for base in (Path(split_dir), Path(root)):
+        for name in preset.annotation_files:
+            path = base / name
+            if path.is_file() and path.resolve() not in {p.resolve() for p in found}:
+                found.append(path)
+    return found
+
 
 #: where ``build_dataset`` looks for split lists when ``data.split_dir`` is not set
 DEFAULT_SPLIT_SUBDIR = "splits"

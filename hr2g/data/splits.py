@@ -19,6 +19,7 @@ Class names for the text prompts are readable names: ``brush_hair`` -> "brush ha
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -108,7 +109,7 @@ def _split_from_filename(path: Path) -> str | None:
 
 
 def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
-               label_file: str | Path | None = None) -> Split:
+               label_file: str | Path | list | None = None) -> Split:
     """Parse a split list.
 
     Args:
@@ -117,7 +118,9 @@ def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
             indexed lists, and taken from the file name (``trainlist03.txt``) when None.
         fmt: "auto" or one of :data:`FORMATS`.
         label_file: for ``indexed_id`` lists only (others name their classes): a ``class name/video id``
-            list of the same videos, or a text file with one class name per line in index order.
+            list of the same videos, a text file with one class name per line in index order, or
+            Something-Something-v2's own annotation files (``something-something-v2-{train,
+            validation}.json``, a list: each video's ``template`` names its class).
     """
     path = Path(path)
     if not path.is_file():
@@ -135,7 +138,7 @@ def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
 
 
 def _read_indexed(path: Path, lines: list[tuple[int, str]], split: str | None, fmt: str,
-                  label_file: str | Path | None) -> Split:
+                  label_file: str | Path | list | None) -> Split:
     pattern = _INDEXED_PATH if fmt == "indexed_path" else _INDEXED_ID
     videos, labels, prefixes = [], [], set()
     for no, text in lines:
@@ -178,36 +181,61 @@ def _folders_from_paths(path: Path, videos: list[str], labels: np.ndarray, n_cla
     return [f for f in folders if f is not None]
 
 
+def ssv2_annotation_names(files) -> dict[str, str]:
+    """video id -> class name from SSv2's annotation JSON files (``[{"id": "78687", "template":
+    "Holding [something] next to [something]", ...}, ...]``): the template without brackets,
+    "Holding something next to something", as the TRX lists spell the classes."""
+    by_id = {}
+    for f in files:
+        try:
+            entries = json.loads(Path(f).read_text())
+            by_id.update({str(e["id"]): e["template"].replace("[", "").replace("]", "") for e in entries})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{f}: not a Something-Something-v2 annotation file (a JSON list of objects with "
+                             f"'id' and 'template'): {type(exc).__name__}: {exc}") from None
+    return by_id
+
+
+def _names_by_id(path: Path, ids: list[str], labels: np.ndarray, n_classes: int, by_id: dict[str, str],
+                 source: str) -> list[str]:
+    """Class names of an index-only list from names per video id (every class needs one, and one only)."""
+    names: list[str | None] = [None] * n_classes
+    for vid, c in zip(ids, labels):
+        if vid not in by_id:
+            continue
+        if names[c] is None:
+            names[c] = by_id[vid]
+        elif names[c] != by_id[vid]:
+            raise ValueError(f"{source}: videos of class index {c} in {path} carry two names, "
+                             f"{names[c]!r} and {by_id[vid]!r}; is it a list of the same split?")
+    unnamed = [c for c, n in enumerate(names) if n is None]
+    if unnamed:
+        raise ValueError(f"{source}: names no video of class indices {unnamed[:5]} of {path}; "
+                         f"is it a list of the same split?")
+    return [n for n in names if n is not None]
+
+
 def _names_for_ids(path: Path, ids: list[str], labels: np.ndarray, n_classes: int,
-                   label_file: str | Path | None) -> tuple[list[str], str]:
+                   label_file: str | Path | list | None) -> tuple[list[str], str]:
     if label_file is None:
         warnings.warn(f"{path}: index-only split list and no label file: classes are named 'class 0'..'class "
                       f"{n_classes - 1}', so the text prompts carry no meaning (pass a label file: the "
                       f"'class name/video id' list of the same split, or one class name per line)", stacklevel=3)
         return [f"class {i}" for i in range(n_classes)], "placeholder"
+    if isinstance(label_file, (list, tuple)) or str(label_file).endswith(".json"):
+        files = [Path(f) for f in (label_file if isinstance(label_file, (list, tuple)) else [label_file])]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"label file {f} (naming the classes of {path}) does not exist")
+        source = " + ".join(map(str, files))
+        return _names_by_id(path, ids, labels, n_classes, ssv2_annotation_names(files), source), source
     label_file = Path(label_file)
     if not label_file.is_file():
         raise FileNotFoundError(f"label file {label_file} (naming the classes of {path}) does not exist")
     lines = [text for _, text in _lines(label_file)]
     if lines and detect_format(lines) == "named" and all("/" in t for t in lines):
-        by_id = {}
-        for text in lines:
-            name, vid = text.rsplit("/", 1)
-            by_id[vid] = name
-        names: list[str | None] = [None] * n_classes
-        for vid, c in zip(ids, labels):
-            if vid not in by_id:
-                continue
-            if names[c] is None:
-                names[c] = by_id[vid]
-            elif names[c] != by_id[vid]:
-                raise ValueError(f"{label_file}: videos of class index {c} in {path} carry two names, "
-                                 f"{names[c]!r} and {by_id[vid]!r}; is it a list of the same split?")
-        unnamed = [c for c, n in enumerate(names) if n is None]
-        if unnamed:
-            raise ValueError(f"{label_file}: names no video of class indices {unnamed[:5]} of {path}; "
-                             f"is it a list of the same split?")
-        return [n for n in names if n is not None], str(label_file)
+        by_id = {vid: name for name, vid in (text.rsplit("/", 1) for text in lines)}
+        return _names_by_id(path, ids, labels, n_classes, by_id, str(label_file)), str(label_file)
     if len(lines) != n_classes:
         raise ValueError(f"{label_file}: a one-name-per-line label file needs {n_classes} lines for {path}, "
                          f"found {len(lines)}")
