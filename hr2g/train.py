@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def main(argv=None) -> dict:
     resume = None
     if args.resume:
         cfg, resume = resume_config(args, cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; checked here, before every rank prints a traceback
+    if cfg.train.episodes_per_step % world:
+        raise SystemExit(f"error: train.episodes_per_step={cfg.train.episodes_per_step} must be divisible by the "
+                         f"world size {world} (each rank trains on its share); e.g. --set train.episodes_per_step={world}")
     writable_dir("--out", cfg.train.out_dir)
     from hr2g.stopping import TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported

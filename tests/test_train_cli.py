@@ -71,6 +71,12 @@ def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, messag
         train_cli.main(TINY + argv)
 
 
+def test_episodes_per_step_not_divisible_by_the_world_size_stops_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as under torchrun --nproc_per_node 4
+    with pytest.raises(SystemExit, match=r"episodes_per_step=1 must be divisible by the world size 4.*episodes_per_step=4"):
+        train_cli.main(TINY + ["--out", str(tmp_path / "r")])
+
+
 def test_an_impossible_evaluation_shape_fails_before_training(tmp_path):
     # the synthetic val split has 16 classes: 17-way validation can never run
     with pytest.raises(ValueError, match=r"val: 17-way 1-shot .* n_way <= 16"):
