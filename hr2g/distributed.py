@@ -45,6 +45,14 @@ def init_from_env(device_kind: str) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def episodes_per_rank(episodes_per_step: int, world: int) -> int:
+    """Each rank's share of a step's episodes; a ValueError naming the fix unless it divides evenly."""
+    if episodes_per_step % world:
+        raise ValueError(f"train.episodes_per_step={episodes_per_step} must be divisible by the world size {world} "
+                         f"(each rank trains on its share); e.g. --set train.episodes_per_step={world}")
+    return episodes_per_step // world
+
+
 def gather_in_rank_order(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate ``x`` of every rank along dim 0, rank 0 first (identical result on all ranks)."""
     if not info.enabled:

@@ -54,19 +54,19 @@ class RunLog:
 
     def __init__(self, out: Path, steps_per_epoch: int, resume_at: int | None = None, tensorboard: bool = False):
         self.steps_per_epoch = steps_per_epoch
+        # purge_step hides the events an interrupted run logged after the checkpoint (steps > resume_at),
+        # or, for a fresh run (--overwrite), every event of the run it replaces; opened
+        # first, so a missing tensorboard package leaves log.csv untouched
+        self._tb = _open_tensorboard(out / "tb", 0 if resume_at is None else resume_at + 1) if tensorboard else None
         path = out / "log.csv"
-        if resume_at is not None and path.exists():
+        fresh = resume_at is None or not path.exists()
+        if not fresh:
             self._truncate(path, resume_at)
-            self._file = open(path, "a", newline="")
-            self._csv = csv.writer(self._file)
-        else:
-            self._file = open(path, "w", newline="")
-            self._csv = csv.writer(self._file)
+        self._file = open(path, "w" if fresh else "a", newline="")
+        self._csv = csv.writer(self._file)
+        if fresh:
             self._csv.writerow(COLUMNS)
             self._file.flush()
-        # purge_step hides the events an interrupted run logged after the checkpoint (steps > resume_at),
-        # or, for a fresh run (--overwrite), every event of the run it replaces
-        self._tb = _open_tensorboard(out / "tb", 0 if resume_at is None else resume_at + 1) if tensorboard else None
 
     def _truncate(self, path: Path, resume_at: int) -> None:
         with open(path, newline="") as f:

@@ -65,11 +65,13 @@ def main(argv=None) -> dict:
     resume = None
     if args.resume:
         cfg, resume = resume_config(args, cfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; checked here, before every rank prints a traceback
-    if cfg.train.episodes_per_step % world:
-        raise SystemExit(f"error: train.episodes_per_step={cfg.train.episodes_per_step} must be divisible by the "
-                         f"world size {world} (each rank trains on its share); e.g. --set train.episodes_per_step={world}")
     writable_dir("--out", cfg.train.out_dir)
+    from hr2g.distributed import episodes_per_rank
+
+    try:  # torchrun's WORLD_SIZE, checked here: train() would check it too, after every rank's traceback
+        episodes_per_rank(cfg.train.episodes_per_step, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     from hr2g.stopping import TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported
 

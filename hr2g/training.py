@@ -29,7 +29,8 @@ from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
 from hr2g.data.loader import EpisodeStream, episode_loader
-from hr2g.distributed import DistInfo, any_rank, barrier, gather_in_rank_order, init_from_env, shutdown
+from hr2g.distributed import (DistInfo, any_rank, barrier, episodes_per_rank, gather_in_rank_order, init_from_env,
+                              shutdown)
 from hr2g.model.model import HR2G
 from hr2g.runlog import RunLog
 from hr2g.stopping import StopSignals, TrainingStopped
@@ -182,9 +183,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     dist_info = init_from_env(device.type)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
-    if cfg.train.episodes_per_step % dist_info.world:
-        raise ValueError(f"train.episodes_per_step={cfg.train.episodes_per_step} must be divisible by the world size {dist_info.world}")
-    per_rank = cfg.train.episodes_per_step // dist_info.world
+    per_rank = episodes_per_rank(cfg.train.episodes_per_step, dist_info.world)
     main = dist_info.main
     out = Path(cfg.train.out_dir)
     backends = backend_report(cfg.model.backend, device)  # an impossible explicit backend fails here

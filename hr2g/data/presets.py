@@ -125,6 +125,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
 }
 
+
 def find_annotation_files(preset: DatasetPreset, split_dir: str | Path, root: str | Path) -> list[Path]:
     """The preset's annotation files that exist in ``split_dir`` or under the data ``root``."""
     found = []

@@ -220,7 +220,8 @@ def _names_for_ids(path: Path, ids: list[str], labels: np.ndarray, n_classes: in
     if label_file is None:
         warnings.warn(f"{path}: index-only split list and no label file: classes are named 'class 0'..'class "
                       f"{n_classes - 1}', so the text prompts carry no meaning (pass a label file: the "
-                      f"'class name/video id' list of the same split, or one class name per line)", stacklevel=3)
+                      f"'class name/video id' list of the same split, one class name per line, or for SSv2 "
+                      f"its something-something-v2-{{train,validation}}.json annotations)", stacklevel=3)
         return [f"class {i}" for i in range(n_classes)], "placeholder"
     if isinstance(label_file, (list, tuple)) or str(label_file).endswith(".json"):
         files = [Path(f) for f in (label_file if isinstance(label_file, (list, tuple)) else [label_file])]
