@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hr2g.data.presets import PRESETS, find_annotation_files, find_label_file, find_split_file, get_preset
+from hr2g.data.presets import PRESETS, SPLITS, find_annotation_files, find_label_file, find_split_file, get_preset
 from hr2g.data.splits import detect_format, locate_videos, prompt_name, read_split, validate_root
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
@@ -132,6 +132,53 @@ def test_locate_and_validate_root(tmp_path):
     assert empty.found == 0 and "none at all" in empty.message()
     with pytest.raises(FileNotFoundError, match="does not exist or is not a folder"):
         validate_root(tmp_path / "nope", s)
+
+
+def test_kinetics_clips_found_under_either_releases_name(tmp_path):
+    # CLIP-FSAR names 579 Kinetics-100 videos "<youtube id>.mp4", TRX the same videos
+    # "<id>_<start>_<end>": one tree must serve both lists
+    root = tmp_path / "k100"
+    for rel in ["val_256/baking_cookies/-514AQUrSow_000058_000068.mp4", "train_256/baking_cookies/m6RF5r3I8dA.mp4",
+                "train_256/baking_cookies/twoClipsId_000001_000011.mp4", "train_256/baking_cookies/twoClipsId_000020_000030.mp4"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    clipfsar = read_split(write(tmp_path / "val_few_shot.txt", [
+        "val0//val_256/baking_cookies/-514AQUrSow.mp4", "val0//train_256/baking_cookies/m6RF5r3I8dA.mp4",
+        "val0//train_256/baking_cookies/twoClipsId.mp4", "val0//train_256/baking_cookies/absentClip0.mp4"]))
+    trx = read_split(write(tmp_path / "vallist03.txt", [
+        "baking cookies/-514AQUrSow_000058_000068", "baking cookies/m6RF5r3I8dA_000100_000110",
+        "baking cookies/twoClipsId_000001_000011", "baking cookies/absentClip0_000001_000011"]))
+    expect = ["val_256/baking_cookies/-514AQUrSow_000058_000068.mp4", "train_256/baking_cookies/m6RF5r3I8dA.mp4",
+              None, None]  # two clips of one id: which one the list meant is a guess, so missing
+    for split in (clipfsar, trx):
+        got = locate_videos(root, split, get_preset("kinetics100"))
+        rel = [p.relative_to(root).as_posix() if p else None for p in got]
+        assert rel[:2] == expect[:2] and rel[3] is None
+    assert locate_videos(root, clipfsar, get_preset("kinetics100"))[2] is None
+    assert locate_videos(root, trx, get_preset("kinetics100"))[2].name == "twoClipsId_000001_000011.mp4"  # as listed
+    # only Kinetics: other presets never rename
+    assert locate_videos(root, clipfsar, get_preset("hmdb51"))[:2] == [None, root / "train_256/baking_cookies/m6RF5r3I8dA.mp4"]
+    rep = validate_root(root, clipfsar, get_preset("kinetics100"))
+    assert rep.found == 2 and "_<start>_<end> times removed or added" in rep.message()
+
+
+@needs_shared
+@pytest.mark.parametrize("name", SPLITS)
+def test_one_kinetics_tree_serves_both_released_lists(tmp_path, name):
+    # a tree named as TRX names the clips (<id>_<start>_<end>.mp4, in CLIP-FSAR's folders): before
+    # the YouTube-name fallback, 579 CLIP-FSAR entries (362 / 68 / 149) counted as missing
+    clipfsar = read_split(SHARED / "clipfsar/kinetics100" / f"{name}_few_shot.txt")
+    trx = read_split(SHARED / "trx/kinetics_CMN" / f"{name}list03.txt")
+    trx_stem = {v[:11]: v for v in trx.videos}
+    both = 0
+    for listed in clipfsar.videos:
+        folder, _, base = listed.lstrip("/").rpartition("/")
+        if (stem := trx_stem.get(base[:11])) is not None:  # the releases also pick a few different clips
+            (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / f"{stem}.mp4").write_bytes(b"")
+            both += 1
+    k100 = get_preset("kinetics100")
+    assert validate_root(tmp_path, clipfsar, k100).found == both == validate_root(tmp_path, trx, k100).found
 
 
 def test_flat_ssv2_layout(tmp_path):

@@ -14,7 +14,7 @@ Raw layouts (what the video locator searches; ``hr2g.prepare`` keeps the same re
 - HMDB51, UCF101: ``<root>/videos/<ClassFolder>/<name>.avi``
 - Kinetics-100: ``<root>/{train_256,val_256}/<class_folder>/<youtube id>_<start>_<end>.mp4`` (the
   TRX lists' names; the CLIP-FSAR lists name 579 of the ``val_256`` videos ``<youtube id>.mp4``
-  without the times, so one tree cannot match both releases: those count as missing)
+  without the times, so either name finds the other's file: see ``DatasetPreset.youtube_clips``)
 - SSv2: ``<root>/<video id>.webm`` (or under ``20bn-something-something-v2/``), no class folders.
 
 Each may instead be a frame folder ``<same path without extension>/img_00001.jpg ...``.
@@ -58,6 +58,10 @@ class DatasetPreset:
     #: the dataset's own per-video annotations naming the classes of index-only lists when no
     #: label file does, searched in the split dir and the data root (all that exist are read)
     annotation_files: tuple[str, ...] = ()
+    #: video ids are YouTube ids, ``<11 chars>`` or ``<11 chars>_<start>_<end>`` (6-digit seconds):
+    #: the two Kinetics-100 releases name 579 of the same videos each way, so a name not found as
+    #: listed is tried the other way (the only clip of that id in its folder)
+    youtube_clips: bool = False
 
 
 PRESETS: dict[str, DatasetPreset] = {
@@ -95,6 +99,7 @@ PRESETS: dict[str, DatasetPreset] = {
         class_folders=True,
         flip=True,
         expected={"train": (64, 6400), "val": (12, 1200), "test": (24, 2400)},
+        youtube_clips=True,
     ),
     "ssv2_small": DatasetPreset(
         name="ssv2_small",

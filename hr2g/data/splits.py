@@ -272,6 +272,7 @@ class _DirCache:
     def __init__(self, root: Path):
         self.root = root
         self._entries: dict[str, dict[str, bool]] = {}
+        self._clips: dict[str, dict[str, set[str]]] = {}
 
     def lookup(self, rel_dir: str) -> dict[str, bool]:
         """name -> is_dir for the entries of ``root/rel_dir`` (empty when it does not exist)."""
@@ -285,6 +286,17 @@ class _DirCache:
                 pass
             self._entries[rel_dir] = entries
         return self._entries[rel_dir]
+
+    def youtube_clips(self, rel_dir: str) -> dict[str, set[str]]:
+        """YouTube id -> the ``<id>_<start>_<end>`` stems in ``root/rel_dir`` (any extension)."""
+        if rel_dir not in self._clips:
+            clips: dict[str, set[str]] = {}
+            for name in self.lookup(rel_dir):
+                stem = name.rsplit(".", 1)[0] if "." in name else name
+                if (m := _YOUTUBE_CLIP.match(stem)) is not None:
+                    clips.setdefault(m["id"], set()).add(stem)
+            self._clips[rel_dir] = clips
+        return self._clips[rel_dir]
 
 
 def _stems(split: Split, i: int, preset: DatasetPreset | None) -> list[str]:
@@ -317,32 +329,49 @@ def locate_videos(root: str | Path, split: Split, preset: DatasetPreset | None =
 
     For each candidate location (see :func:`_stems`) tries, in order: the list's own file name,
     the same stem with each of :data:`~hr2g.data.presets.VIDEO_EXTENSIONS` (so lists naming ``.avi``
-    find the ``.mp4`` that ``hr2g.prepare`` wrote), then a frame folder named like the stem.
+    find the ``.mp4`` that ``hr2g.prepare`` wrote), then a frame folder named like the stem.  For
+    presets with ``youtube_clips`` (Kinetics-100), a name found nowhere is then tried with its
+    ``_<start>_<end>`` times removed, or added from the one clip of that YouTube id in the folder.
     """
     root = Path(root)
     cache = _DirCache(root)
+    youtube = preset is not None and preset.youtube_clips
     out: list[Path | None] = []
     for i in range(len(split)):
         own = _extension_of(split, i)
         exts = ([own] if own else []) + [e for e in VIDEO_EXTENSIONS if e != (own or "").lower()]
-        found = None
-        for stem in _stems(split, i, preset):
-            parent, _, base = stem.rpartition("/")
-            entries = cache.lookup(parent)
-            if not entries:
-                continue
-            for ext in exts:
-                if entries.get(base + ext) is False:
-                    found = root / f"{stem}{ext}"
-                    break
-            if found is None and entries.get(base) is True:
-                found = root / stem
-            if found is None and own is None and entries.get(base) is False:  # an id that is a file name already
-                found = root / stem
-            if found is not None:
-                break
+        stems = _stems(split, i, preset)
+        found = next((p for stem in stems if (p := _find(cache, stem, exts, own)) is not None), None)
+        if found is None and youtube:
+            found = next((p for stem in stems for alt in _youtube_alternatives(cache, stem)
+                          if (p := _find(cache, alt, exts, own)) is not None), None)
         out.append(found)
     return out
+
+
+def _find(cache: _DirCache, stem: str, exts: list[str], own: str | None) -> Path | None:
+    parent, _, base = stem.rpartition("/")
+    entries = cache.lookup(parent)
+    for ext in exts:
+        if entries.get(base + ext) is False:
+            return cache.root / f"{stem}{ext}"
+    if entries.get(base) is True or (own is None and entries.get(base) is False):  # frame folder / id = file name
+        return cache.root / stem
+    return None
+
+
+_YOUTUBE_CLIP = re.compile(r"^(?P<id>[\w-]{11})_\d{6}_\d{6}$")
+
+
+def _youtube_alternatives(cache: _DirCache, stem: str) -> list[str]:
+    """``x/<id>_<start>_<end>`` -> ``x/<id>``; ``x/<id>`` -> ``x/<id>_<start>_<end>`` when the folder
+    holds exactly one clip of that id (two would be a guess)."""
+    parent, _, base = stem.rpartition("/")
+    prefix = f"{parent}/" if parent else ""
+    if (m := _YOUTUBE_CLIP.match(base)) is not None:
+        return [prefix + m["id"]]
+    clips = cache.youtube_clips(parent).get(base, set())
+    return [prefix + next(iter(clips))] if len(clips) == 1 else []
 
 
 @dataclass
@@ -366,6 +395,8 @@ class RootReport:
             return f"{self.split.name} split{src}: all {total} videos found under {self.root}"
         shown = ", ".join(self.missing[:examples]) + (", ..." if len(self.missing) > examples else "")
         hint = ""
+        youtube = (", and each YouTube clip with its _<start>_<end> times removed or added"
+                   if self.preset is not None and self.preset.youtube_clips else "")
         if not self.found:
             layout = (f" (raw {self.preset.name}: {'/'.join(d or '.' for d in self.preset.video_dirs)} holding "
                       f"{'<class>/' if self.preset.class_folders else ''}<video>{self.preset.extension})"
@@ -373,7 +404,7 @@ class RootReport:
             hint = f" -- none at all: is data_root the folder that holds the videos{layout}, or their prepared copies?"
         return (f"{self.split.name} split{src}: {len(self.missing)} of {total} videos missing under "
                 f"{self.root}, e.g. {shown} (looked for the listed name, the same name with "
-                f"{'/'.join(VIDEO_EXTENSIONS)}, or a frame folder){hint}")
+                f"{'/'.join(VIDEO_EXTENSIONS)}, or a frame folder{youtube}){hint}")
 
 
 def validate_root(root: str | Path, split: Split, preset: DatasetPreset | None = None,
