@@ -68,15 +68,16 @@ def _append_partial(path: str, request, benchmark) -> None:
 
 @pytest.fixture
 def run_bench(benchmark, request):
-    """``run_bench(fn, flops=None, nbytes=None, rounds=50, cpu_timing=False, **info)``: time ``fn()``
-    (synchronised on CUDA; on the CPU only with ``cpu_timing`` and ``HR2G_BENCH_CPU=1``).
+    """``run_bench(fn, flops=None, nbytes=None, rounds=50, cpu_timing=False, per_second=None, **info)``:
+    time ``fn()`` (synchronised on CUDA; on the CPU only with ``cpu_timing`` and ``HR2G_BENCH_CPU=1``).
+    ``per_second={"frames/s": n}`` records ``n / median`` in ``extra_info`` as flops and nbytes do.
 
     Returns fn's last result so callers can check providers agree.  A provider that raises makes
     the benchmark fail (never swallowed as NaN).
     """
 
     def _run(fn, flops: float | None = None, nbytes: float | None = None, rounds: int = 50, cpu_timing: bool = False,
-             **info):
+             per_second: dict[str, float] | None = None, **info):
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
         smoke = SMOKE and not (cpu_timing and CPU_TIMING)
         out = {}
@@ -96,11 +97,19 @@ def run_bench(benchmark, request):
             benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)
         else:
             benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
+        if benchmark.stats is None:
+            # pytest-benchmark disabled (--benchmark-disable, or inside an xdist worker): fn ran
+            # once and nothing was measured, so no record and no rate
+            benchmark.extra_info["smoke"] = True
+            return out["r"]
+        if not smoke:
             med = benchmark.stats.stats.median
             if flops:
                 benchmark.extra_info["TFLOP/s"] = flops / med / 1e12
             if nbytes:
                 benchmark.extra_info["GB/s"] = nbytes / med / 1e9
+            for unit, count in (per_second or {}).items():
+                benchmark.extra_info[unit] = count / med
         if os.environ.get("HR2G_BENCH_PARTIAL"):
             _append_partial(os.environ["HR2G_BENCH_PARTIAL"], request, benchmark)
         return out["r"]

@@ -98,14 +98,30 @@ def test_partial_records_of_a_stopped_run_report_like_the_json(tmp_path):
     assert got["OTAM fwd+bwd, train episode: Triton vs reference loop"].ok is True
 
 
-def test_benchmarks_append_partial_records_as_they_finish(tmp_path):
-    root = Path(__file__).parents[1]
-    out = tmp_path / "partial.jsonl"
-    env = dict(os.environ, HR2G_BENCH_PARTIAL=str(out))
+def _bank_benchmarks(partial: Path, *args: str) -> subprocess.CompletedProcess:
+    """``pytest benchmarks/test_bench_bank.py::test_bench_bank`` with HR2G_BENCH_PARTIAL=partial."""
+    # a child of an xdist worker would see PYTEST_XDIST_WORKER and disable pytest-benchmark
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["HR2G_BENCH_PARTIAL"] = str(partial)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "benchmarks/test_bench_bank.py::test_bench_bank"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+                           "benchmarks/test_bench_bank.py::test_bench_bank", *args], cwd=Path(__file__).parents[1],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc
+
+
+def test_disabled_benchmarks_run_once_and_record_nothing(tmp_path):
+    """--benchmark-disable (pytest-benchmark's own switch, also forced inside xdist workers) runs
+    each provider once with its checks; with HR2G_BENCH_PARTIAL set it used to crash reading the
+    stats that a disabled benchmark never has."""
+    out = tmp_path / "partial.jsonl"
+    proc = _bank_benchmarks(out, "--benchmark-disable", "-k", "update_episode")
+    assert " passed" in proc.stdout and not out.exists()
+
+
+def test_benchmarks_append_partial_records_as_they_finish(tmp_path):
+    out = tmp_path / "partial.jsonl"
+    proc = _bank_benchmarks(out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     n_passed = int(proc.stdout.split(" passed")[0].split()[-1])
     assert len(records) == n_passed > 0
