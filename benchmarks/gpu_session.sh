@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU should run, in as few device calls as possible (30 minutes of
-# device time per session; a warm machine keeps what a call installed for about 30 s only).
+# Everything a session with a lent GPU should run, in as few device calls as possible.  The lease
+# (2026-12): 15 minutes of device time per task, an H200, counted from the asking -- a cold start
+# takes 1-2 of them, no machine starts with under 4 left, a warm one is handed back after 30 s idle
+# (and /tmp with it), one command may run 10 minutes, at most 8 files come back from $OUT.
 #
-# Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/,
-# rehearse on this CPU machine with the GPU image's versions (a few minutes), pack DALI in parts:
-#   bash benchmarks/gpu_session.sh wheels image dali_pack
-# Then on the device, back to back (a machine idle for 30 s is handed back, and /tmp with it; each
-# stage writes its log and results under $OUT), most important first -- the figures the open
-# kernel issues wait for (every benchmark checks its providers against the reference before it
-# times them), then the whole suite, then the model/loader benchmarks, then DALI (its three
-# part-carrying calls are the likeliest to lose the warm machine between them):
-#   run(command="bash benchmarks/gpu_session.sh setup bench_kernels", carry=[".whl"], timeout_s=600)
-#   run(command="bash benchmarks/gpu_session.sh setup tests", carry=[".whl"], timeout_s=600)
-#   run(command="bash benchmarks/gpu_session.sh setup bench_model", carry=[".whl"], timeout_s=600)
+# Here, once (no device time): fetch the Python wheels the GPU image lacks into the ignored .whl/
+# and rehearse on this CPU machine with the GPU image's versions (a few minutes):
+#   bash benchmarks/gpu_session.sh wheels image
+# Then on the device, two calls back to back, most important first -- the kernel tests (Triton
+# compiled for real, bf16/fp16, the CUDA bank op) and the figures issues #3 and #4 wait for (every
+# benchmark checks its providers against the reference before it times them; the torch.compile
+# rows, Inductor's long pole, run last), then the rest of the suite and the model/loader benchmarks:
+#   run(command="HR2G_CALL_BUDGET=420 bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels pack",
+#       carry=[".whl"], timeout_s=480)
+#   run(command="HR2G_CALL_BUDGET=220 bash benchmarks/gpu_session.sh setup other_tests bench_model pack",
+#       carry=[".whl"], timeout_s=260)
+#   give_back()
+# That is about 13 of the 15 minutes with the start; each stage stops at its call's budget and says
+# what it skipped, so a slow stage costs what comes after it, not the call.  The tests run under
+# pytest-xdist (in the GPU image; HR2G_TEST_WORKERS, default 12 of its 16 cores): the suite's CPU
+# half takes ~7 minutes on one process.  `pack` (last in every call) keeps env.txt and the
+# benchmarks' .md/.jsonl as files and puts every log, JUnit XML and benchmark JSON into logs.tgz.
+# DALI on the GPU needs three more calls carrying its parts (a 15-minute lease has no room; with more
+# device time, after the two calls above, back to back):
+#   bash benchmarks/gpu_session.sh dali_pack        # here, once: .dali/ (268 MB of wheels, 178 MB packed)
 #   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.00", ".dali/MANIFEST"])
-#   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.01", ".dali/MANIFEST"])
-#   run(command="bash benchmarks/gpu_session.sh dali_part", carry=[".dali/dali.tar.xz.02", ".dali/MANIFEST"])
-#   run(command="bash benchmarks/gpu_session.sh dali setup dali_tests bench_loader", carry=[".whl"], timeout_s=600)
+#   ... the same for .01 and .02, then
+#   run(command="bash benchmarks/gpu_session.sh dali setup dali_tests bench_loader pack", carry=[".whl"], timeout_s=600)
 # Without the dali_part calls, `dali` says which parts are missing and the DALI tests skip.
 # `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
-# Stages: wheels | image | dali_pack | dali_part | dali | setup | kernel_tests | tests | dali_tests |
-# bench_kernels | bench_model | bench_loader | bench (kernels + model) | all (= setup tests bench).
-# Results land in $OUT as <stage>.json/.jsonl/.md/.log (at most 8 files come back: the first call
-# above writes 7 -- build.log, gpu.txt, info.txt, bench_kernels.json/.jsonl/.md/.log).  The last
-# lines printed are the results table (benchmarks/report.py) or the failing tests; copy figures
-# into README "Results" with the device, date and commit that the report prints.
+# Stages: wheels | image | dali_pack | dali_part | dali | setup | kernel_tests | other_tests | tests
+# (= kernel_tests other_tests) | dali_tests | bench_kernels | bench_model | bench_loader | bench
+# (kernels + model) | pack | all (= setup tests bench pack).  Results land in $OUT as
+# <stage>.log/.xml/.json/.jsonl/.md; the last lines printed are the results table
+# (benchmarks/report.py) or the failing tests: copy figures into README "Results" with the device,
+# date and commit (the device gets no .git, so the report's commit reads "?": name HEAD yourself).
 # On a GPU machine of your own (no 10-minute limit): HR2G_CALL_BUDGET=0 bash benchmarks/gpu_session.sh all
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +70,10 @@ setup() {
       --no-index -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
     grep -i "warning: " "$OUT/build.log" | grep -i hr2g | tail -5
   fi
-  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-  "$PY" -m hr2g.info | tee "$OUT/info.txt"
+  {
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+    "$PY" -m hr2g.info
+  } 2>&1 | tee "$OUT/env.txt"
 }
 
 # A hung test (a deadlocked DataLoader worker, say) must cost one test, not the 10-minute call:
@@ -70,33 +82,66 @@ setup() {
 timeout_opt() { "$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 
 # Seconds a stage may still run in this device call (see run_bench), 0 for no limit; fails (and
-# says so) when under 30 s are left.  $1: the stage, for the message.
+# says so) when under 30 s are left.  $1: the stage, for the message; $2 (optional): the stage's
+# own cap in seconds, so that one stage leaves the rest of the budget to those after it.
+# HR2G_CALL_BUDGET=0: 0 (no limit, no caps).
 call_left() {
-  local budget=${HR2G_CALL_BUDGET:-570}
-  [ "$budget" -gt 0 ] || { echo 0; return 0; }
+  local budget=${HR2G_CALL_BUDGET:-570} cap=${2:-0}
   local left=$(( budget - SECONDS ))
-  if [ "$left" -lt 30 ]; then echo "gpu_session: $1 skipped: ${left} s left of this call's budget" >&2; return 1; fi
+  if [ "$budget" -le 0 ]; then left=0  # no budget, no caps: `timeout 0` never fires
+  elif [ "$left" -lt 30 ]; then echo "gpu_session: $1 skipped: ${left} s left of this call's budget" >&2; return 1
+  elif [ "$cap" -gt 0 ] && [ "$cap" -lt "$left" ]; then left=$cap
+  fi
   echo "$left"
 }
 
-# pytest on the GPU -> $OUT/<name>.log (+ any extra pytest options); stops with SIGINT at this
-# call's budget (pytest still prints the summary of what ran).  $1: name, $2: lines to echo, rest: args.
-run_tests() {
-  local name=$1 lines=$2 left; shift 2
-  left=$(call_left "$name") || return 0
-  # shellcheck disable=SC2046
-  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rs $(timeout_opt 300) "$@" 2>&1 \
-    | tee "$OUT/$name.log" | tail -"$lines"
+# pytest-xdist's options when it is importable and HR2G_TEST_WORKERS > 1 (the GPU image has it):
+# the suite is mostly CPU work and the machine has 16 cores; each worker holds its own CUDA context.
+xdist_opt() {
+  local n=${HR2G_TEST_WORKERS:-12}
+  [ "$n" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null && echo "-n $n"
 }
 
-# the whole suite on the GPU: kernels for real (no interpreter), GPU-marked tests included
-tests() { run_tests tests 60 tests --durations=15 --junitxml="$OUT/tests.xml"; }
-# the kernels' own tests (Triton for real, the CUDA bank op, its emulator twin): for a call that
-# has no time for the whole suite
-kernel_tests() {
-  run_tests kernel_tests 30 tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py tests/test_bank_simt.py
+# pytest on the GPU -> $OUT/<name>.log and .xml; stops with SIGINT at this call's budget or at
+# the stage's cap (pytest still prints the summary of what ran).  $1: name, $2: lines to echo,
+# $3: the stage's cap in seconds (0: none), rest: pytest's arguments.
+run_tests() {
+  local name=$1 lines=$2 cap=$3 left; shift 3
+  left=$(call_left "$name" "$cap") || return 0
+  # shellcheck disable=SC2046
+  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rsfE $(timeout_opt 300) $(xdist_opt) \
+    --durations=10 --junitxml="$OUT/$name.xml" "$@" 2>&1 | tee "$OUT/$name.log" | tail -"$lines"
 }
-dali_tests() { run_tests dali_tests 30 tests/test_dali.py; }  # after `dali`: DALI's GPU pipelines vs PyAV / PIL
+
+# the kernels' own tests (Triton compiled for real, GPU-marked bf16/fp16 and large shapes, the
+# CUDA bank op, its emulator twin), then everything else: together, the whole suite on the GPU
+KERNEL_TESTS="tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py tests/test_bank_simt.py"
+# shellcheck disable=SC2086
+kernel_tests() { run_tests kernel_tests 30 "${HR2G_KERNEL_TESTS_CAP:-180}" $KERNEL_TESTS; }
+other_tests() {
+  local ignore=() f
+  for f in $KERNEL_TESTS; do ignore+=("--ignore=$f"); done
+  run_tests other_tests 40 "${HR2G_OTHER_TESTS_CAP:-120}" tests "${ignore[@]}"
+}
+dali_tests() { run_tests dali_tests 30 0 tests/test_dali.py; }  # after `dali`: DALI's GPU pipelines vs PyAV / PIL
+
+# At most 8 files come back from a device call: keep env.txt and the benchmarks' tables and
+# records as files, and put everything else this call wrote into logs.tgz (with what an earlier
+# pack put there).
+pack() {
+  (
+    cd "$OUT" || exit 1
+    local f rest=()
+    for f in *; do
+      case "$f" in env.txt|*.md|*.jsonl|logs.tgz|"*") ;; *) rest+=("$f") ;; esac
+    done
+    [ ${#rest[@]} -gt 0 ] || exit 0
+    rm -rf .pack && mkdir .pack || exit 1
+    if [ -f logs.tgz ]; then tar -xzf logs.tgz -C .pack || exit 1; fi
+    mv "${rest[@]}" .pack/ && tar -czf logs.tgz.new -C .pack . && mv logs.tgz.new logs.tgz && rm -rf .pack
+    echo "gpu_session: logs.tgz holds $(tar -tzf logs.tgz | grep -v '/$' | sed 's|^\./||' | tr '\n' ' ')"
+  )
+}
 
 # A device call is killed at 600 s.  Benchmarks stop (SIGINT: pytest ends the session cleanly)
 # once this call has run HR2G_CALL_BUDGET seconds (default 570: build included, report time left;
@@ -199,17 +244,19 @@ for stage in "$@"; do
     wheels) wheels ;;
     setup) setup ;;
     kernel_tests) kernel_tests ;;
-    tests) tests ;;
+    other_tests) other_tests ;;
+    tests) kernel_tests; other_tests ;;
+    pack) pack ;;
     dali_tests) dali_tests ;;
     bench_loader) bench_loader ;;
     bench_kernels) bench_kernels ;;
     bench_model) bench_model ;;
     bench) bench_kernels; bench_model ;;
-    all) setup; tests; bench_kernels; bench_model ;;
+    all) setup; kernel_tests; other_tests; bench_kernels; bench_model; pack ;;
     image) image ;;
     dali_pack) dali_pack ;;
     dali_part) dali_part ;;
     dali) dali ;;
-    *) echo "gpu_session: unknown stage '$stage' (wheels, image, dali_pack, dali_part, dali, setup, kernel_tests, tests, dali_tests, bench_kernels, bench_model, bench_loader, bench, all)"; exit 2 ;;
+    *) echo "gpu_session: unknown stage '$stage' (wheels, image, dali_pack, dali_part, dali, setup, kernel_tests, other_tests, tests, dali_tests, bench_kernels, bench_model, bench_loader, bench, pack, all)"; exit 2 ;;
   esac
 done

@@ -26,9 +26,9 @@ def tree(tmp_path):
     return tmp_path
 
 
-def run(tree: Path, *stages: str) -> subprocess.CompletedProcess:
+def run(tree: Path, *stages: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tree / "out"),
-           "HR2G_SITE": str(tree / "site"), "HR2G_DALI_PARTS": str(tree / "parts")}
+           "HR2G_SITE": str(tree / "site"), "HR2G_DALI_PARTS": str(tree / "parts"), **(env or {})}
     return subprocess.run(["bash", str(tree / "benchmarks" / "gpu_session.sh"), *stages], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -63,7 +63,7 @@ def test_script_parses_and_names_its_stages(tree):
     proc = run(tree, "no_such_stage")
     assert proc.returncode == 2
     assert "unknown stage 'no_such_stage'" in proc.stdout
-    for stage in ("dali_part", "kernel_tests", "dali_tests", "bench_loader"):
+    for stage in ("dali_part", "kernel_tests", "other_tests", "pack", "dali_tests", "bench_loader"):
         assert stage in proc.stdout
 
 
@@ -93,3 +93,54 @@ def test_dali_rejects_a_corrupt_part(tree):
     proc = run(tree, "dali")
     assert "DALI parts missing or corrupt" in proc.stdout
     assert not (tree / "site" / "nvidia").exists()
+
+
+def test_pack_keeps_the_tables_and_archives_every_other_file(tree):
+    """A device call returns at most 8 files: env.txt, the .md tables and .jsonl records stay
+    files; logs, JUnit XML and benchmark JSON go into logs.tgz, a second pack adding to it."""
+    out = tree / "out"
+    out.mkdir()
+    for name in ("env.txt", "bench_kernels.md", "bench_kernels.jsonl", "build.log", "kernel_tests.xml", "bench_kernels.json"):
+        (out / name).write_text(f"contents of {name}\n")
+    assert run(tree, "pack").returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bench_kernels.jsonl", "bench_kernels.md", "env.txt", "logs.tgz"]
+    (out / "other_tests.log").write_text("contents of other_tests.log\n")
+    proc = run(tree, "pack")
+    assert "logs.tgz holds" in proc.stdout
+    with tarfile.open(out / "logs.tgz") as tar:
+        got = {Path(m.name).name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    assert got == {n: f"contents of {n}\n" for n in ("build.log", "kernel_tests.xml", "bench_kernels.json", "other_tests.log")}
+    assert sorted(p.name for p in out.iterdir()) == ["bench_kernels.jsonl", "bench_kernels.md", "env.txt", "logs.tgz"]
+
+
+def test_a_stage_without_enough_budget_is_skipped_and_says_so(tree):
+    proc = run(tree, "kernel_tests", env={"HR2G_CALL_BUDGET": "20"})
+    assert "kernel_tests skipped: " in proc.stderr and "left of this call's budget" in proc.stderr
+    assert not (tree / "out" / "kernel_tests.log").exists()
+
+
+@pytest.fixture
+def fake_python(tree):
+    """A stand-in interpreter: every `-c` probe succeeds (xdist and pytest-timeout "importable"),
+    any other call prints its arguments and hangs, as a stuck test run would."""
+    path = tree / "fake_python"
+    path.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\necho "ARGS: $*"\nexec sleep 120\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("stage, must_have", [
+    ("kernel_tests", ["tests/test_otam.py", "tests/test_bank_simt.py"]),
+    ("other_tests", ["tests --ignore=tests/test_otam.py", "--ignore=tests/test_bank_simt.py"]),
+])
+def test_test_stages_run_under_xdist_and_stop_at_their_cap(tree, fake_python, stage, must_have):
+    cap = "HR2G_KERNEL_TESTS_CAP" if stage == "kernel_tests" else "HR2G_OTHER_TESTS_CAP"
+    # the fake hangs for 120 s: only the stage's 1-second cap (SIGINT, then SIGKILL 20 s later)
+    # returns it within run()'s 60-second limit
+    proc = run(tree, stage, env={"PYTHON": fake_python, cap: "1", "HR2G_TEST_WORKERS": "5"})
+    args = next(line for line in proc.stdout.splitlines() if line.startswith("ARGS: "))
+    assert "-m pytest" in args and "-rsfE" in args and "-n 5" in args and "--timeout=300" in args, args
+    assert f"--junitxml={tree / 'out' / stage}.xml" in args
+    for part in must_have:
+        assert part in args, args
+    assert (tree / "out" / f"{stage}.log").read_text().startswith("ARGS: ")
