@@ -185,15 +185,24 @@ image() {  # here, no device time: the GPU image's versions (python 3.12, torch 
   compgen -G ".whl/*.whl" > /dev/null || wheels
   [ -x "$dir/venv/bin/python" ] || "$py312" -m venv "$dir/venv" || exit 1
   "$dir/venv/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 triton==3.6.0 "numpy<2.4" einops pytest \
-    pytest-benchmark tqdm regex huggingface_hub safetensors timm numba setuptools wheel .whl/*.whl || exit 1
+    pytest-benchmark pytest-xdist pytest-timeout tqdm regex huggingface_hub safetensors timm numba setuptools wheel \
+    .whl/*.whl || exit 1
   rm -rf "$dir/src" && git clone -q . "$dir/src" || exit 1
   (
     cd "$dir/src" || exit 1
     CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 "$dir/venv/bin/pip" install -q --no-build-isolation \
       --no-deps -e . > "$OUT/image_build.log" 2>&1 || { tail -30 "$OUT/image_build.log"; exit 1; }
     "$dir/venv/bin/python" -m hr2g.info | head -12
-    "$dir/venv/bin/python" -m pytest -q -p no:cacheprovider > "$OUT/image_tests.log" 2>&1
-    grep -E "^(FAILED|ERROR) | passed| failed" "$OUT/image_tests.log" | tail -25
+    # the device's test stages as the device runs them (the clone's own script, under xdist), then
+    # the benchmarks in smoke mode
+    OUT="$OUT" PYTHON="$dir/venv/bin/python" HR2G_CALL_BUDGET=0 HR2G_TEST_WORKERS=${HR2G_TEST_WORKERS:-$(nproc)} \
+      bash benchmarks/gpu_session.sh kernel_tests other_tests > /dev/null
+    "$dir/venv/bin/python" -m pytest -q -p no:cacheprovider benchmarks > "$OUT/image_bench.log" 2>&1
+    local log
+    for log in kernel_tests other_tests image_bench; do
+      echo "gpu_session image, $log:"
+      grep -E "^(FAILED|ERROR) | passed| failed" "$OUT/$log.log" | tail -15
+    done
   )
 }
 
