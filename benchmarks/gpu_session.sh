@@ -13,11 +13,14 @@
 # rows, Inductor's long pole, run last), then the rest of the suite and the model/loader benchmarks:
 #   run(command="HR2G_CALL_BUDGET=420 bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels pack",
 #       carry=[".whl"], timeout_s=480)
-#   run(command="HR2G_CALL_BUDGET=220 bash benchmarks/gpu_session.sh setup other_tests bench_model pack",
-#       carry=[".whl"], timeout_s=260)
+#   run(command="HR2G_CALL_BUDGET=180 bash benchmarks/gpu_session.sh setup other_tests bench_model pack",
+#       carry=[".whl"], timeout_s=220)
 #   give_back()
-# That is about 13 of the 15 minutes with the start; each stage stops at its call's budget and says
-# what it skipped, so a slow stage costs what comes after it, not the call.  The tests run under
+# That is about 13 of the 15 minutes with the start, if call 2 follows within the 30 s a warm
+# machine waits (a fresh start costs 1-2 minutes, and none starts under 4 left): read call 1's
+# figures after call 2.  Each stage stops at its call's budget and says what it skipped, so a slow
+# stage costs what comes after it, not the call; the kernel tests, run first, also warm Triton's
+# compile cache with kernels the benchmarks share (the 10k-episode OTAM shape, say).  The tests run under
 # pytest-xdist (in the GPU image; HR2G_TEST_WORKERS, default 12 of its 16 cores): the suite's CPU
 # half takes ~7 minutes on one process.  `pack` (last in every call) keeps env.txt and the
 # benchmarks' .md/.jsonl as files and puts every log, JUnit XML and benchmark JSON into logs.tgz.
