@@ -60,7 +60,9 @@ def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], devic
             chunks.append(model.encode_videos(torch.stack(clips).to(device)).float())
         for i in ok:
             rows[i] = len(rows)
-    feats = torch.cat(chunks) if chunks else torch.zeros(0)
+    # none encoded: [0, T, C] on the model's device, so encode_for_episodes' cat with the first
+    # pass's features works on CUDA too (a CPU torch.zeros(0) only concatenates with CPU tensors)
+    feats = torch.cat(chunks) if chunks else torch.zeros(0, model.frames, model.dim, device=device)
     return rows, feats, failed
 
 

@@ -7,6 +7,8 @@ vectorised only where that does not obscure the recursion.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +18,26 @@ OTAM_COS_EPS = 0.01
 BANK_NORM_EPS = 1e-8
 
 
+def _autocast_off(fn):
+    """Run a reference outside any autocast region of its inputs' device.  The fused ops are custom
+    ops, which autocast leaves alone, and compute in fp32; inside CUDA's bf16 autocast (training's
+    default) a reference's einsum / matmul would instead round its products to bf16 (measured with
+    the CPU's bf16 autocast, C = 512, T = 8: OTAM distances off by 6e-4 to 1e-2 depending on the
+    features, attention outputs by 2e-2), and the `torch` and `auto` backends would disagree."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 # --------------------------------------------------------------------------- OTAM
+@_autocast_off
 def otam_cosine_distance(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Frame distance ``1 - a.b / (|a||b| + 0.01)``.
 
@@ -58,6 +79,7 @@ def otam_cum_dist(dists: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
     return prev[..., lb + 1]
 
 
+@_autocast_off
 def otam_distance_ref(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
     """Summed two-direction OTAM distance.
 
@@ -72,6 +94,7 @@ def otam_distance_ref(query: torch.Tensor, support: torch.Tensor, lam: float = 0
 
 
 # --------------------------------------------------------------------------- sample attention
+@_autocast_off
 def sample_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_support: int | None = None) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` along the sample axis, keys/values restricted to the first
     ``n_support`` samples when given.  ``[B, H, S, d]`` each -> ``[B, H, S, d]``.
@@ -96,6 +119,7 @@ def bank_cosine(protos: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return (pn[:, None, :] * bn[None, :, :]).sum(-1)
 
 
+@_autocast_off
 def bank_retrieve_ref(protos: torch.Tensor, bank: torch.Tensor, filled: int, topk: int, temperature: float = 1.0) -> torch.Tensor:
     """Top-k retrieval from the first ``filled`` bank slots.
 

@@ -176,3 +176,22 @@ def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
     finally:
         os.umask(old)
     assert oct(os.stat(tmp_path / "c.pt").st_mode & 0o777) == oct(0o644)  # not mkstemp's 0600
+
+
+def test_a_split_pass_that_encodes_nothing_gives_an_empty_cache_shaped_like_the_features():
+    """encode_for_episodes concatenates a second pass (the rest of the split, encoded when a video
+    failed) onto the first; when that pass encodes nothing, its features must still be [0, T, C]
+    on the model's device (a CPU ``zeros(0)`` made every GPU evaluation with an unreadable video
+    crash in that cat)."""
+    from hr2g.evaluation import encode_dataset, encode_for_episodes
+    from hr2g.model.model import HR2G
+    from tests.test_episodes import FlakyDataset
+
+    cfg = tiny_config()
+    model = HR2G(cfg.model, cfg.data.frames)
+    ds = FlakyDataset(bad=set(range(20)))
+    rows, feats, failed = encode_dataset(model, ds, [0, 5], torch.device("cpu"), amp=False)
+    assert rows == {} and feats.shape == (0, cfg.data.frames, model.dim) and feats.dtype == torch.float32
+    assert failed == {"v0.mp4": "moov atom not found", "v5.mp4": "moov atom not found"}
+    rows, feats, failed, missing = encode_for_episodes(model, ds, [0, 5], torch.device("cpu"), amp=False)
+    assert feats.shape == (0, cfg.data.frames, model.dim) and len(failed) == 20 and missing == set(range(20))

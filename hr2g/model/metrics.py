@@ -33,7 +33,7 @@ class OTAM(nn.Module):
 class BiMHM(nn.Module):
     def forward(self, query: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
         e, l = query.shape[:2]
-        d = otam_cosine_distance(query, support)  # [E, L, N*K, Tq, Ts]
+        d = otam_cosine_distance(query.float(), support.float())  # [E, L, N*K, Tq, Ts], fp32 as OTAM's
         dist = d.min(dim=-1).values.mean(-1) + d.min(dim=-2).values.mean(-1)  # [E, L, N*K]
         return -dist.view(e, l, -1, k).mean(-1)
 
