@@ -126,6 +126,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between mid-epoch last.pt checkpoints (0: only at epoch ends and on SIGINT/SIGTERM)
     tensorboard: bool = False  # also write the log's scalars to <out_dir>/tb (needs the tensorboard package)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    dist_timeout_min: int = 120  # torchrun: minutes a rank may wait at a collective; rank 0 validates (and tests) alone while the others wait, and NCCL's default of 10 aborts a run whose validation decodes longer
 
     def validate(self) -> None:
         _range("train.epochs", self.epochs, 1, None)
@@ -139,6 +140,7 @@ class TrainConfig:
         _range("train.log_every", self.log_every, 1, None)
         _range("train.checkpoint_every", self.checkpoint_every, 0, None)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _range("train.dist_timeout_min", self.dist_timeout_min, 1, None)
 
 
 @dataclass

@@ -7,6 +7,7 @@ same sequence a single process fed the same episodes would apply, so the banks s
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -29,10 +30,11 @@ class DistInfo:
         return self.world > 1
 
 
-def init_from_env(device_kind: str) -> DistInfo:
+def init_from_env(device_kind: str, timeout_min: int = 120) -> DistInfo:
     """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1), else single process.
 
-    Backend: NCCL on CUDA, gloo on CPU.
+    Backend: NCCL on CUDA, gloo on CPU; a collective waits up to ``timeout_min`` minutes (rank 0
+    evaluates alone between two of them).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -41,7 +43,8 @@ def init_from_env(device_kind: str) -> DistInfo:
     if not dist.is_initialized():
         if device_kind == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return DistInfo(rank, world, local)
 
 

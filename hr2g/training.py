@@ -180,7 +180,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
 
     cfg.validate()
     device = resolve_device(cfg.train.device)
-    dist_info = init_from_env(device.type)
+    dist_info = init_from_env(device.type, cfg.train.dist_timeout_min)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     per_rank = episodes_per_rank(cfg.train.episodes_per_step, dist_info.world)

@@ -1,5 +1,6 @@
 """2-process DDP on CPU (gloo): banks identical on every rank, and the run equals a single process
 fed the same episodes (episodes_per_step = world size)."""
+import datetime
 import os
 import signal
 import socket
@@ -103,3 +104,19 @@ def test_episodes_per_step_out_of_range_is_refused(tmp_path):
     cfg.train.episodes_per_step = 0
     with pytest.raises(ValueError, match=r"train.episodes_per_step=0 is outside the allowed range"):
         cfg.validate()
+
+
+def test_collectives_wait_as_long_as_the_config_allows(monkeypatch):
+    """Rank 0 validates alone while the other ranks wait at the next barrier: the process group
+    gets train.dist_timeout_min (NCCL's default of 10 minutes would abort a longer validation)."""
+    from hr2g import distributed
+
+    seen = {}
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = distributed.init_from_env("cpu", tiny_config().train.dist_timeout_min)
+    assert (info.rank, info.world, info.local_rank) == (3, 4, 1)
+    assert seen == dict(backend="gloo", rank=3, world_size=4, timeout=datetime.timedelta(minutes=120))
