@@ -47,7 +47,9 @@ class TRX(nn.Module):
         super().__init__()
         proj_dim = proj_dim or dim
         self.frames = frames
-        self.tuples = [torch.tensor(list(itertools.combinations(range(frames), w))) for w in cardinalities]
+        for i, w in enumerate(cardinalities):  # [U, w] frame indices of every tuple, moved with the module
+            self.register_buffer(f"tuples{i}", torch.tensor(list(itertools.combinations(range(frames), w))), persistent=False)
+        self.n_cardinalities = len(cardinalities)
         self.k = nn.ModuleList(nn.Linear(dim * w, proj_dim) for w in cardinalities)
         self.v = nn.ModuleList(nn.Linear(dim * w, proj_dim) for w in cardinalities)
         self.norm_k = nn.ModuleList(nn.LayerNorm(proj_dim) for _ in cardinalities)
@@ -60,8 +62,8 @@ class TRX(nn.Module):
         e, l = query.shape[:2]
         n = support.shape[1] // k
         logits = 0.0
-        for idx, fk, fv, nk, nv in zip(self.tuples, self.k, self.v, self.norm_k, self.norm_v):
-            idx = idx.to(query.device)
+        tuples = [getattr(self, f"tuples{i}") for i in range(self.n_cardinalities)]
+        for idx, fk, fv, nk, nv in zip(tuples, self.k, self.v, self.norm_k, self.norm_v):
             qt = (query + self.pe.to(query.dtype))[:, :, idx].flatten(-2)  # [E, L, U, w*C]
             st = (support + self.pe.to(support.dtype))[:, :, idx].flatten(-2)  # [E, N*K, U, w*C]
             qk, qv = nk(fk(qt)), nv(fv(qt))  # [E, L, U, D]
@@ -71,7 +73,7 @@ class TRX(nn.Module):
             proto = torch.einsum("elnux,enxd->elnud", attn, sv)  # [E, L, N, U, D]
             dist = (qv[:, :, None] - proto).pow(2).sum(-1).mean(-1)  # [E, L, N]
             logits = logits - dist
-        return logits / len(self.tuples)
+        return logits / self.n_cardinalities
 
 
 def _sinusoid(t: int, dim: int) -> torch.Tensor:
