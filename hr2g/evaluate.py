@@ -33,6 +33,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     from hr2g.cli import setup_logging, writable_file
     from hr2g.config import set_field
+    from hr2g.data.episodes import EpisodeSampler
     from hr2g.evaluation import evaluate_model
     from hr2g.inference import dataset_from_args, load_trained
 
@@ -54,12 +55,17 @@ def main(argv=None) -> list[dict]:
     dataset = dataset_from_args(cfg, args)
     split = args.split or cfg.eval.split
     seed = cfg.eval.seed if args.seed is None else args.seed
+    for k in args.shots:  # every requested shape first: an impossible 5-shot stops before the 1-shot work
+        try:
+            EpisodeSampler.for_dataset(dataset, cfg.data.n_way, k, cfg.data.test_q_query, split=split)
+        except ValueError as exc:
+            raise SystemExit(f"error: --shots {k}: {exc}") from None
     results = []
     for k in args.shots:
         try:
             res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
                                  batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress)
-        except ValueError as exc:
+        except (ValueError, FloatingPointError) as exc:
             raise SystemExit(f"error: {exc}") from None
         row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
                "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),

@@ -32,6 +32,15 @@ class EvalResult:
     skipped_videos: dict[str, str] = field(default_factory=dict)  # unreadable videos: key -> reason
 
 
+def require_finite_logits(logits: torch.Tensor, what: str) -> None:
+    """Refuse NaN / inf logits ``[E, L, N]``: their argmax is class 0, so a diverged or corrupt model
+    would silently score exactly chance (queries are class-major) and predict the first class."""
+    bad = ~torch.isfinite(logits).flatten(1).all(-1)  # [E]
+    if bad.any():
+        raise FloatingPointError(f"{what}: the model gives non-finite logits in {int(bad.sum())} of {len(bad)} episodes: "
+                                 "its weights have diverged or the checkpoint is corrupt")
+
+
 def confidence95(acc: np.ndarray) -> float:
     return float(1.96 * acc.std() / math.sqrt(len(acc))) if len(acc) > 1 else 0.0
 
@@ -74,7 +83,7 @@ def encode_for_episodes(model: HR2G, dataset: VideoDataset, needed: list[int], d
     rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
     if not failed:
         return rows, feats, failed, set()
-    extra = sorted(set(range(len(dataset))) - set(needed))
+    extra = sorted(set(range(len(dataset))) - set(needed) - set(dataset.unavailable))  # known missing: never drawn
     rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
     rows.update({i: r + len(feats) for i, r in rows2.items()})
     feats = torch.cat([feats, feats2])
@@ -136,6 +145,7 @@ def episode_accuracies(model: HR2G, feats: torch.Tensor, rows: dict[int, int], s
         cls = torch.as_tensor(np.stack([s.classes for s in batch]), device=device)  # [E, N]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model.head(feats[sup], feats[qry], text_all[cls], k_shot)  # logits [E, L, N]
+        require_finite_logits(out.logits, f"{n_way}-way {k_shot}-shot episodes {start}-{start + len(batch) - 1}")
         accs.append((out.logits.argmax(-1) == labels).float().mean(-1).cpu())
     return torch.cat(accs).numpy()
 
@@ -148,23 +158,25 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
     n_way = n_way or cfg.data.n_way
     q_query = q_query or cfg.data.test_q_query
     batch_episodes = batch_episodes or cfg.eval.batch_episodes
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    amp = cfg.train.amp and device.type == "cuda"
-    bank_before = model.ikt.bank.clone() if model.ikt is not None else None
     sampler = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split="evaluation")
     specs = sampler.fixed(episodes, seed)
-    needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
-    rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
-    if failed:
-        rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
-        specs = repair_episodes(specs, bad, sampler, rng)
-    text_all = model.text_features(dataset.class_names)  # [classes, C]
-    acc = episode_accuracies(model, feats, rows, specs, text_all, n_way, k_shot, q_query, batch_episodes, amp, progress)
-    if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):
-        raise AssertionError("evaluation changed the knowledge bank; it must be frozen at test time")
-    model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:  # a failure (an unrepairable split, a diverged model) leaves the model as it came
+        device = next(model.parameters()).device
+        amp = cfg.train.amp and device.type == "cuda"
+        bank_before = model.ikt.bank.clone() if model.ikt is not None else None
+        needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
+        rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
+        if failed:
+            rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
+            specs = repair_episodes(specs, bad, sampler, rng)
+        text_all = model.text_features(dataset.class_names)  # [classes, C]
+        acc = episode_accuracies(model, feats, rows, specs, text_all, n_way, k_shot, q_query, batch_episodes, amp, progress)
+        if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):
+            raise AssertionError("evaluation changed the knowledge bank; it must be frozen at test time")
+    finally:
+        model.train(was_training)
     return EvalResult(float(acc.mean()), confidence95(acc), len(acc), acc, failed)
 
 

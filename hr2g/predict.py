@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hr2g.evaluation import require_finite_logits
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.predict")
@@ -126,6 +127,7 @@ def classify(model: HR2G, support: list[torch.Tensor], query: torch.Tensor, clas
         sup = torch.cat(pick)[None].expand(l, -1, -1, -1)  # [L, N*K, T, C], class-major
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model.head(sup, query[:, None], text, k)  # one episode per query: logits [L, 1, N]
+        require_finite_logits(out.logits, "--checkpoint")
         lg = out.logits[:, 0].float()
         probs = probs + lg.softmax(-1) / draws
         logits = logits + lg / draws
@@ -189,7 +191,11 @@ def main(argv=None) -> dict:
     feats = encode(model, sup_clips, amp)
     bounds = np.cumsum([0] + [len(c) for c in support.clips])
     per_class = [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    probs, logits = classify(model, per_class, encode(model, qry_clips, amp), support.class_names, amp, args.draws, args.seed)
+    try:
+        probs, logits = classify(model, per_class, encode(model, qry_clips, amp), support.class_names, amp, args.draws,
+                                 args.seed)
+    except FloatingPointError as exc:
+        raise SystemExit(f"error: {exc}") from None
     k = min(counts.values())
     result = {"checkpoint": args.checkpoint, "classes": support.class_names, "class_folders": support.folders,
               "clips_per_class": counts, "k_shot": k, "draws": 1 if len(set(counts.values())) == 1 else args.draws,

@@ -162,6 +162,8 @@ def main(argv=None) -> list[SweepPoint]:
                        q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress)
     except ValueError as exc:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
+    except FloatingPointError as exc:
+        raise SystemExit(f"error: {exc}") from None
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
     header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {episodes} episodes per point, "
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")

@@ -41,8 +41,20 @@ def test_episodes_are_class_major_and_reproducible():
 
 
 def test_k_too_large_names_the_allowed_range():
-    with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6$"):
+    with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6 at n_way=5$"):
         EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=4, q_query=3, split="test")
+
+
+def test_the_allowed_range_is_the_one_at_the_requested_n_way():
+    # three classes of 10 videos, seven of 5: 5-way episodes fit k_shot + q_query <= 5 (the 5th
+    # largest class), not the largest class's 10; 6 videos per class fit 3-way episodes
+    labels = np.repeat(np.arange(10), [10, 10, 10] + [5] * 7)
+    with pytest.raises(ValueError, match=r"allowed: k_shot \+ q_query <= 5 at n_way=5 or n_way <= 3 at k_shot \+ q_query = 6$"):
+        EpisodeSampler(labels, n_way=5, k_shot=5, q_query=1, split="test")
+    EpisodeSampler(labels, n_way=5, k_shot=4, q_query=1, split="test")  # the bound it names works
+    EpisodeSampler(labels, n_way=3, k_shot=5, q_query=1, split="test")
+    with pytest.raises(ValueError, match=r"allowed: n_way <= 10 at k_shot \+ q_query = 2$"):
+        EpisodeSampler(labels, n_way=11, k_shot=1, q_query=1, split="test")
 
 
 def test_unreadable_video_is_skipped_counted_and_replaced_by_its_class():

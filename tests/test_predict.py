@@ -144,3 +144,16 @@ def test_missing_query_and_unreadable_clips_name_the_flag(ckpt, tmp_path):
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(SystemExit, match=r"--query: unreadable clip\(s\): .*broken.mp4: not a readable video container"):
         predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", str(broken), "--device", "cpu"])
+
+
+def test_a_diverged_checkpoint_is_refused_not_a_first_class_prediction(ckpt, tmp_path):
+    bad = checkpoint.load(ckpt)
+    bad["model"]["isc.proj.bias"].fill_(float("nan"))
+    checkpoint.save_atomic(bad, tmp_path / "nan.pt")
+    support = tmp_path / "support"
+    for c, name in enumerate(FOLDERS[:2]):
+        _frame_folder(support / name / "clip0", _clip(c, 0))
+    query = _frame_folder(tmp_path / "query", _clip(1, 5))
+    with pytest.raises(SystemExit, match=r"^error: --checkpoint: the model gives non-finite logits in 1 of 1 episodes"):
+        predict.main(["--checkpoint", str(tmp_path / "nan.pt"), "--support", str(support), "--query", str(query),
+                      "--device", "cpu"])

@@ -195,3 +195,71 @@ def test_a_split_pass_that_encodes_nothing_gives_an_empty_cache_shaped_like_the_
     assert failed == {"v0.mp4": "moov atom not found", "v5.mp4": "moov atom not found"}
     rows, feats, failed, missing = encode_for_episodes(model, ds, [0, 5], torch.device("cpu"), amp=False)
     assert feats.shape == (0, cfg.data.frames, model.dim) and len(failed) == 20 and missing == set(range(20))
+
+
+def test_a_diverged_model_is_refused_instead_of_scoring_chance(trained, tmp_path):
+    """NaN logits argmax to class 0, and queries are class-major: a NaN model used to score exactly
+    1/N with nothing said.  The model's train/eval mode survives the refusal."""
+    from hr2g import evaluate as evaluate_cli
+
+    cfg, summary = trained
+    model, cfg2 = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    with torch.no_grad():
+        model.isc.proj.bias.fill_(float("nan"))
+    model.train()
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    with pytest.raises(FloatingPointError, match=r"non-finite logits in 7 of 7 episodes: its weights have diverged"):
+        evaluate_model(model, test, cfg2, episodes=9, seed=3, k_shot=1, batch_episodes=7, progress=False)
+    assert model.training
+    ckpt = checkpoint.load(summary["last"])
+    ckpt["model"]["isc.proj.bias"].fill_(float("nan"))
+    checkpoint.save_atomic(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(SystemExit, match=r"^error: 5-way 1-shot episodes 0-4: the model gives non-finite logits"):
+        evaluate_cli.main(["--checkpoint", str(tmp_path / "nan.pt"), "--episodes", "5", "--no-progress"])
+
+
+def test_an_impossible_shot_stops_evaluate_before_any_episode(trained, capsys):
+    from hr2g import evaluate as evaluate_cli
+
+    cfg, summary = trained
+    with pytest.raises(SystemExit, match=r"^error: --shots 6: .*k_shot \+ q_query <= 6 at n_way=5"):
+        evaluate_cli.main(["--checkpoint", summary["last"], "--episodes", "5", "--shots", "1", "6", "--no-progress"])
+    assert '"k_shot"' not in capsys.readouterr().out  # the 1-shot row was not worked out first
+
+
+def test_an_impossible_shape_leaves_the_model_in_its_mode(trained):
+    cfg, summary = trained
+    model, cfg2 = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    model.train()
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    with pytest.raises(ValueError, match="allowed: "):
+        evaluate_model(model, test, cfg2, episodes=5, seed=3, k_shot=6, progress=False)
+    assert model.training
+
+
+def test_videos_known_missing_are_not_reported_unreadable(trained):
+    """A failed video makes evaluation encode the rest of the split (for replacements); videos the
+    split lists but the disk lacks (dataset.unavailable) are never drawn, so that pass must not
+    try them and count each as one more unreadable video."""
+    import numpy as np
+
+    from hr2g.data.base import VideoReadError
+    from tests.test_episodes import FlakyDataset
+
+    class Partly(FlakyDataset):
+        def __init__(self):
+            super().__init__(bad={1, 2, 9}, classes=5)
+            self.labels = np.repeat(np.arange(5), 6)
+            self.unavailable = frozenset({2, 9})  # listed, not on disk
+
+        def clip(self, i, train, rng):
+            if i in self.bad:
+                raise VideoReadError(f"/data/v{i}.mp4", "missing" if i in self.unavailable else "moov atom not found")
+            return torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+
+    cfg, summary = trained
+    model, cfg2 = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    ds = Partly()
+    res = evaluate_model(model, ds, cfg2, episodes=30, seed=0, k_shot=1, batch_episodes=30, progress=False)
+    assert res.skipped_videos == {"v1.mp4": "moov atom not found"} and res.episodes == 30
+    assert not {2, 9} & set(ds.reads)

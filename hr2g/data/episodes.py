@@ -75,7 +75,10 @@ class EpisodeSampler:
         self.classes = classes[counts >= need]
         if len(self.classes) < self.n_way:
             most = int(counts.max()) if len(counts) else 0
-            allowed = f"k_shot + q_query <= {most}" + (f", n_way <= {len(self.classes)}" if len(self.classes) else "")
+            by_size = np.sort(counts)[::-1]  # the n-th largest class bounds k_shot + q_query at n_way = n
+            hints = [f"k_shot + q_query <= {int(by_size[self.n_way - 1])} at n_way={self.n_way}"] if len(by_size) >= self.n_way else []
+            hints += [f"n_way <= {len(self.classes)} at k_shot + q_query = {need}"] if len(self.classes) else []
+            allowed = " or ".join(hints) or "nothing (no class has a video)"
             raise ValueError(
                 f"{split}: {self.n_way}-way {self.k_shot}-shot with {self.q_query} queries needs {self.n_way} classes with "
                 f">= {need} videos each, but only {len(self.classes)} of {len(classes)} classes have that many "
