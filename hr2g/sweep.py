@@ -165,7 +165,10 @@ def main(argv=None) -> list[SweepPoint]:
     except FloatingPointError as exc:
         raise SystemExit(f"error: {exc}") from None
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
-    header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {episodes} episodes per point, "
+    scored = sorted({p.episodes for p in points})  # fewer than asked where unrepairable episodes were dropped
+    counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"
+    per_point = f"{counts} episodes per point" + ("" if scored == [episodes] else f" (of {episodes} drawn)")
+    header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {per_point}, "
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
     paths = write_tables(points, out, header)
     print(header)

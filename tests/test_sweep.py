@@ -1,5 +1,6 @@
 """N-way x K-shot sweeps (``python -m hr2g.sweep``) on a tiny trained checkpoint (CPU, seconds)."""
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -74,6 +75,25 @@ def test_command_writes_csv_json_and_markdown_grid(ckpt, tmp_path, capsys):
     md = (out / "sweep.md").read_text()
     assert "| 3-way |" in md and "| 5-way |" in md and "2-shot" in md
     assert "| 5-way |" in capsys.readouterr().out
+
+
+def test_the_header_counts_the_episodes_each_point_scored(ckpt, tmp_path, capsys, monkeypatch):
+    """Episodes an unreadable video leaves unrepairable are dropped per point: the header says how
+    many were scored, not only how many were asked for."""
+    real = sweep.sweep
+
+    def dropping(*args, **kwargs):
+        points = real(*args, **kwargs)
+        points[0] = dataclasses.replace(points[0], episodes=points[0].episodes - 2)
+        return points
+
+    argv = ["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "2", "--episodes", "6", "--out", str(tmp_path),
+            "--no-progress", "--device", "cpu"]
+    sweep.main(argv)
+    assert ", 6 episodes per point," in capsys.readouterr().out
+    monkeypatch.setattr(sweep, "sweep", dropping)
+    sweep.main(argv)
+    assert ", 4-6 episodes per point (of 6 drawn)," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
