@@ -258,7 +258,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         barrier(dist_info)
 
     def bank_filled() -> int:
-        return int(model.ikt.bank_filled) if model.ikt is not None else 0
+        return model.ikt.filled() if model.ikt is not None else 0
 
     base_names = train_set.class_names
     slots = range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)

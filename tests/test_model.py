@@ -150,3 +150,28 @@ def test_golden_output_of_the_tiny_model():
     with torch.no_grad():
         logits = model(s, q, [f"class {i}" for i in range(5)], 1).logits[0]
     torch.testing.assert_close(logits, torch.tensor(GOLDEN), rtol=0, atol=1e-4)
+
+
+def test_the_bank_fill_count_is_read_once_and_follows_every_write():
+    """IKT keeps the fill count it last read or wrote (a CUDA read is a host sync mid-forward) and
+    re-reads it after any write to the buffer: fill_, load_state_dict, a move to another tensor."""
+    model = _model()
+    ikt = model.ikt
+    g, c = ikt.bank.shape
+    assert ikt.filled() == 0
+    ikt.train()
+    ikt.update_bank(torch.randn(2, 3, c))
+    assert ikt.filled() == int(ikt.bank_filled) == 6
+    assert ikt._filled_seen[0] == ikt._buffer_state()  # the update left the count known: no read needed
+    ikt.bank_filled.fill_(g)
+    assert ikt.filled() == g
+    other = _model()
+    other.load_state_dict(model.state_dict())
+    other.ikt.filled()
+    model.ikt.bank_filled.fill_(4)
+    other.load_state_dict(model.state_dict())
+    assert other.ikt.filled() == 4
+    ikt.bank_filled = ikt.bank_filled.clone().fill_(9)  # a new tensor: new identity
+    assert ikt.filled() == 9
+    ikt.update_bank(torch.randn(1, 3, c))
+    assert ikt.filled() == int(ikt.bank_filled) == 12

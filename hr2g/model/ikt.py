@@ -32,6 +32,7 @@ class IKT(nn.Module):
         self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.register_buffer("bank", torch.zeros(bank_size, dim))  # M [G, C], fp32 always
         self.register_buffer("bank_filled", torch.zeros((), dtype=torch.long))
+        self._filled_seen: tuple | None = None  # (buffer identity and version, value) of the last read of bank_filled
 
     def task_prototypes(self, fs: torch.Tensor) -> torch.Tensor:
         """``P_hat [E, M, C]`` from the support frames ``fs [E, NS, T, C]``."""
@@ -41,9 +42,22 @@ class IKT(nn.Module):
         attn = torch.softmax(torch.einsum("mc,enc->emn", p, k) * tokens.shape[-1] ** -0.5, dim=-1)  # [E, M, NS*T]
         return torch.einsum("emn,enc->emc", attn, v) + p
 
+    def _buffer_state(self) -> tuple:
+        b = self.bank_filled
+        return b.device, b.data_ptr(), b._version  # any write to the buffer (fill_, copy_, load_state_dict) bumps _version
+
+    def filled(self) -> int:
+        """``bank_filled`` as an int.  Read from the device only when the buffer changed since the
+        last read or update: on CUDA every read is a host sync, and retrieval needs the count in the
+        middle of each forward (after the CLIP encoder, which the CPU would wait for)."""
+        state = self._buffer_state()
+        if self._filled_seen is None or self._filled_seen[0] != state:
+            self._filled_seen = (state, int(self.bank_filled))
+        return self._filled_seen[1]
+
     def retrieve(self, p_hat: torch.Tensor) -> torch.Tensor:
         """``P'`` for ``p_hat [E, M, C]``: top-k retrieval from the filled bank slots (zeros when empty)."""
-        filled = int(self.bank_filled)
+        filled = self.filled()
         if filled == 0:
             return torch.zeros_like(p_hat)
         e, m, c = p_hat.shape
@@ -74,5 +88,6 @@ class IKT(nn.Module):
             raise RuntimeError("IKT.update_bank called in eval mode: the knowledge bank is frozen at evaluation")
         protos = p_hat.detach().reshape(-1, p_hat.shape[-1]).float()
         backend = _dispatch.model_backend("bank_update_", self.backend)
-        filled = ops.bank_update_(self.bank, int(self.bank_filled), protos, self.momentum, backend=backend)
+        filled = ops.bank_update_(self.bank, self.filled(), protos, self.momentum, backend=backend)
         self.bank_filled.fill_(filled)
+        self._filled_seen = (self._buffer_state(), filled)  # known without reading the device back
