@@ -52,7 +52,7 @@ def main(argv=None) -> list[dict]:
                 cfg.validate()
             except ValueError as exc:
                 raise SystemExit(f"error: {flag}: {exc}") from None
-    dataset = dataset_from_args(cfg, args)
+    dataset = dataset_from_args(cfg, args, device)
     split = args.split or cfg.eval.split
     seed = cfg.eval.seed if args.seed is None else args.seed
     for k in args.shots:  # every requested shape first: an impossible 5-shot stops before the 1-shot work

@@ -53,8 +53,9 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
     return model, cfg, device
 
 
-def dataset_from_args(cfg: Config, args: argparse.Namespace) -> VideoDataset:
-    """The split named by ``--split`` (default ``eval.split``), with ``--data-root`` / ``--split-dir`` applied."""
+def dataset_from_args(cfg: Config, args: argparse.Namespace, device: torch.device | None = None) -> VideoDataset:
+    """The split named by ``--split`` (default ``eval.split``), with ``--data-root`` / ``--split-dir``
+    applied, decoded for ``device`` (the model's)."""
     from hr2g.data.build import build_dataset
 
     for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir)):
@@ -62,6 +63,6 @@ def dataset_from_args(cfg: Config, args: argparse.Namespace) -> VideoDataset:
             setattr(cfg.data, key, val)
     try:
         cfg.validate()
-        return build_dataset(cfg.data, args.split or cfg.eval.split)
+        return build_dataset(cfg.data, args.split or cfg.eval.split, device)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc} (check --data-root / --split-dir)") from None

@@ -440,8 +440,8 @@ def main(argv=None) -> Path:
     else:
         from hr2g.inference import dataset_from_args, load_trained
 
-        model, cfg, _ = load_trained(args)
-        dataset = dataset_from_args(cfg, args)
+        model, cfg, device = load_trained(args)
+        dataset = dataset_from_args(cfg, args, device)
         split = args.split or cfg.eval.split
         if args.figure == "heatmap":
             n_way = args.ways or cfg.data.n_way

@@ -73,7 +73,8 @@ def scan_support(root: str | Path) -> SupportSet:
     return SupportSet(names, folders, clips, ignored)
 
 
-def load_clips(paths: list[Path], frames: int, image_size: int, decoder: str) -> list[torch.Tensor]:
+def load_clips(paths: list[Path], frames: int, image_size: int, decoder: str,
+               device: torch.device | None = None) -> list[torch.Tensor]:
     """Test-time clips ``[T, 3, S, S]`` of video files / frame folders, through the benchmark loader's
     decoding (TSN centre frames, resize, centre crop, normalise); an unreadable clip is an error."""
     from hr2g.data.base import VideoReadError
@@ -85,7 +86,7 @@ def load_clips(paths: list[Path], frames: int, image_size: int, decoder: str) ->
     split = Split(name="predict", format="indexed_path", videos=[p.relative_to(root).as_posix() for p in paths],
                   labels=np.zeros(len(paths), dtype=np.int64), class_names=["clip"], folders=[""])
     dataset = BenchmarkDataset(root, split, preset=None, frames=frames, image_size=image_size, flip=False, decoder=decoder,
-                               located=list(paths))
+                               located=list(paths), device=device)
     out = dataset.clips(list(range(len(paths))), False, np.random.default_rng(0))
     bad = [f"{p}: {r.why}" for p, r in zip(paths, out) if isinstance(r, VideoReadError)]
     if bad:
@@ -181,11 +182,11 @@ def main(argv=None) -> dict:
     decoder = args.decoder or cfg.data.decoder
     flat = [p for clips in support.clips for p in clips]
     try:
-        sup_clips = load_clips(flat, cfg.data.frames, size, decoder)
+        sup_clips = load_clips(flat, cfg.data.frames, size, decoder, device)
     except ValueError as exc:
         raise SystemExit(f"error: --support: {exc}") from None
     try:
-        qry_clips = load_clips([Path(q) for q in args.query], cfg.data.frames, size, decoder)
+        qry_clips = load_clips([Path(q) for q in args.query], cfg.data.frames, size, decoder, device)
     except ValueError as exc:
         raise SystemExit(f"error: --query: {exc}") from None
     feats = encode(model, sup_clips, amp)

@@ -154,7 +154,7 @@ def main(argv=None) -> list[SweepPoint]:
     setup_logging()
     model, cfg, device = load_trained(args)
     split = args.split or cfg.eval.split
-    dataset = dataset_from_args(cfg, args)
+    dataset = dataset_from_args(cfg, args, device)
     episodes = args.episodes or cfg.eval.episodes
     seed = cfg.eval.seed if args.seed is None else args.seed
     try:

@@ -212,9 +212,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
             log.info("tensorboard: tensorboard --logdir %s", out / "tb")
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.data, "val") if cfg.train.val_episodes > 0 and main else None
-    test_set = build_dataset(cfg.data, "test") if cfg.train.test_episodes > 0 and main else None
+    train_set = build_dataset(cfg.data, "train", device)
+    val_set = build_dataset(cfg.data, "val", device) if cfg.train.val_episodes > 0 and main else None
+    test_set = build_dataset(cfg.data, "test", device) if cfg.train.test_episodes > 0 and main else None
     for name, split_set in (("val", val_set), ("test", test_set)):  # an impossible episode shape fails now, not after an epoch
         if split_set is not None:
             EpisodeSampler.for_dataset(split_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)

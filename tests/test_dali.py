@@ -246,3 +246,30 @@ def test_a_video_dali_fails_on_is_decoded_by_pyav(tmp_path, monkeypatch, caplog)
     assert (got[0].cpu() - want.clip(0, False, np.random.default_rng(0))).abs().mean() <= TEST_MEAN
     assert torch.equal(raw.cpu(), want.read_raw(1, np.array([0, 3, 6, 9])))
     assert caplog.text.count("retrying such videos with PyAV") == 1 and "too small" in caplog.text
+
+
+def test_decoding_follows_the_runs_device(tmp_path, monkeypatch):
+    """A CPU run decodes on the CPU even where a GPU is visible (decoder=auto: PyAV, as on a machine
+    without CUDA; decoder=dali: DALI's CPU backend), and a run on cuda:1 decodes on GPU 1, not on
+    the current device.  CUDA's presence is simulated: only the choice is checked here."""
+    import pickle
+
+    from hr2g.data.benchmarks import choose_decoder
+
+    make_benchmark(tmp_path, codec="vp9", n_frames=12, size=VIDEO_SIZES[0])
+    split = read_split(tmp_path / "splits" / "test_few_shot.txt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    name, why = choose_decoder("auto", torch.device("cpu"))
+    assert name == "pyav" and "device is cpu" in why
+    assert choose_decoder("auto", torch.device("cuda", 1))[0] == "dali"
+    assert choose_decoder("auto")[0] == "dali"  # no device given: wherever CUDA is, as before
+    assert BenchmarkDataset(tmp_path, split, decoder="auto", device="cpu").backend == "pyav"
+    _, on_cpu = BenchmarkDataset(tmp_path, split, decoder="dali", device="cpu")._reader()
+    assert on_cpu.device == "cpu" and on_cpu.torch_device == torch.device("cpu")
+    _, on_gpu1 = BenchmarkDataset(tmp_path, split, decoder="dali", device="cuda:1")._reader()
+    assert on_gpu1.device == "gpu" and on_gpu1._define("video", "raw").device_id == 1
+    assert on_gpu1.torch_device == torch.device("cuda", 1)
+    assert pickle.loads(pickle.dumps(on_gpu1))._device_index() == 1  # a pinned GPU survives the trip to a worker
+    _, on_current = BenchmarkDataset(tmp_path, split, decoder="dali", device="cuda")._reader()
+    assert on_current.torch_device == torch.device("cuda", 0)

@@ -246,6 +246,7 @@ def test_build_dataset_synthetic_and_benchmark(bench, tmp_path, caplog):
     cfg = DataConfig(dataset="hmdb51", data_root=str(root), frames=4, image_size=32, decoder="pyav")  # lists: root/splits
     ds = build_dataset(cfg, "train")
     assert isinstance(ds, BenchmarkDataset) and ds.class_names == ["apply eye makeup", "brush hair", "catch"] and ds.flip
+    assert ds.device is None and build_dataset(cfg, "train", torch.device("cpu")).device == torch.device("cpu")
     # SSv2: flat folder of webm files named by id; CMN list gives the names; flip forced off
     ss = tmp_path / "ssv2"
     for k in range(3):

@@ -16,7 +16,9 @@ raises :class:`~hr2g.data.base.VideoReadError` (the episode loader skips, counts
 
 ``decoder``: "pyav"; "dali" (GPU when CUDA is available, DALI's CPU backend otherwise; a clear
 error if DALI is not installed); "auto" = DALI on the GPU when DALI and CUDA are both there and
-this is not a DataLoader worker, else PyAV -- the reason is logged.
+this is not a DataLoader worker, else PyAV -- the reason is logged.  ``device`` (the run's model
+device, given by the commands) places the decoding: a CPU run decodes on the CPU (``auto``: PyAV)
+even where a GPU is visible, and ``cuda:N`` decodes on GPU N rather than on the current device.
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ log = logging.getLogger(__name__)
 DECODERS = ("auto", "dali", "pyav")
 
 
-def choose_decoder(decoder: str) -> tuple[str, str]:
-    """(backend, reason): which decoder ``decoder`` means in this process, and why."""
+def choose_decoder(decoder: str, device: torch.device | None = None) -> tuple[str, str]:
+    """(backend, reason): which decoder ``decoder`` means in this process for a run on ``device``
+    (None: wherever CUDA is), and why."""
     from hr2g.data import dali
 
     if decoder not in DECODERS:
@@ -55,6 +58,9 @@ def choose_decoder(decoder: str) -> tuple[str, str]:
     why = dali.dali_status()
     if why is not None:
         return "pyav", f"decoder='auto' falls back to PyAV: {why}"
+    if device is not None and device.type != "cuda":
+        return "pyav", (f"decoder='auto' uses PyAV: the run's device is {device.type} (DALI's CPU video decoder "
+                        "reads only VP8/VP9/MJPEG; pass decoder='dali' to use it anyway)")
     if not torch.cuda.is_available():
         return "pyav", ("decoder='auto' uses PyAV: no CUDA device, and DALI's CPU video decoder reads only "
                         "VP8/VP9/MJPEG (pass decoder='dali' to use it anyway)")
@@ -75,11 +81,12 @@ class BenchmarkDataset(VideoDataset):
         flip: horizontal flip in training.
         decoder: "auto" | "dali" | "pyav" (module docstring).
         located: precomputed :func:`~hr2g.data.splits.locate_videos` result (saves a directory scan).
+        device: the device the clips are for (module docstring); None: the current CUDA device if any.
     """
 
     def __init__(self, root: str | Path, split: Split, preset: DatasetPreset | None = None, frames: int = 8,
                  image_size: int = 224, flip: bool = True, decoder: str = "auto",
-                 located: list[Path | None] | None = None):
+                 located: list[Path | None] | None = None, device: torch.device | str | None = None):
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r} is not allowed; choose one of {list(DECODERS)}")
         if decoder == "dali":  # fail at construction, not at the first episode
@@ -88,6 +95,7 @@ class BenchmarkDataset(VideoDataset):
             require_dali()
         self.root, self.split, self.preset = Path(root), split, preset
         self.frames, self.image_size, self.flip, self.decoder = frames, image_size, flip, decoder
+        self.device = None if device is None else torch.device(device)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data root {self.root} does not exist or is not a folder")
         self.paths = located if located is not None else locate_videos(self.root, split, preset)
@@ -106,7 +114,7 @@ class BenchmarkDataset(VideoDataset):
         self.dali_fallbacks = 0  # videos DALI failed on and PyAV / PIL was asked instead (this process)
 
     @classmethod
-    def from_config(cls, cfg, split: str) -> "BenchmarkDataset":
+    def from_config(cls, cfg, split: str, device: torch.device | None = None) -> "BenchmarkDataset":
         """Build from a :class:`hr2g.config.DataConfig`: lists from ``cfg.split_dir`` (default
         ``<data_root>/splits``), names of index-only SSv2 lists from the preset's label files."""
         preset = get_preset(cfg.dataset)
@@ -129,7 +137,8 @@ class BenchmarkDataset(VideoDataset):
             flip = False
         log.info("%s %s: %d videos, %d classes from %s (class names: %s)", cfg.dataset, split, len(parsed),
                  parsed.num_classes, list_path, parsed.label_source)
-        return cls(root, parsed, preset, frames=cfg.frames, image_size=cfg.image_size, flip=flip, decoder=cfg.decoder)
+        return cls(root, parsed, preset, frames=cfg.frames, image_size=cfg.image_size, flip=flip, decoder=cfg.decoder,
+                   device=device)
 
     def __getstate__(self):  # decoders are per process (DALI pipelines, CUDA contexts)
         state = self.__dict__.copy()
@@ -168,12 +177,17 @@ class BenchmarkDataset(VideoDataset):
     def _reader(self) -> tuple[str, object]:
         pid = os.getpid()
         if self._backend is None or self._backend[0] != pid:  # first use in this process (or a fork)
-            name, why = choose_decoder(self.decoder)
+            name, why = choose_decoder(self.decoder, self.device)
             reader = None
             if name == "dali":
                 from hr2g.data.dali import DaliReader
 
-                reader = DaliReader("auto", image_size=self.image_size)
+                if self.device is None:
+                    reader = DaliReader("auto", image_size=self.image_size)
+                elif self.device.type == "cuda":
+                    reader = DaliReader("gpu", image_size=self.image_size, cuda_index=self.device.index)
+                else:
+                    reader = DaliReader("cpu", image_size=self.image_size)
                 why += f" (DALI device: {reader.device})"
             log.info("%s: decoding with %s -- %s", self.split.name, name, why)
             self._backend = (pid, name, reader)

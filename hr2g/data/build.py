@@ -9,11 +9,15 @@
 """
 from __future__ import annotations
 
+import torch
+
 from hr2g.config import DataConfig
 from hr2g.data.base import VideoDataset
 
 
-def build_dataset(cfg: DataConfig, split: str) -> VideoDataset:
+def build_dataset(cfg: DataConfig, split: str, device: torch.device | None = None) -> VideoDataset:
+    """``device``: where the run's model is; a benchmark's clips are decoded there (DALI on that GPU,
+    or on the CPU for a CPU run); None: on the current CUDA device when one is visible."""
     if cfg.dataset == "synthetic":
         from hr2g.data.synthetic import SyntheticActions
 
@@ -21,4 +25,4 @@ def build_dataset(cfg: DataConfig, split: str) -> VideoDataset:
                                 image_size=cfg.image_size)
     from hr2g.data.benchmarks import BenchmarkDataset
 
-    return BenchmarkDataset.from_config(cfg, split)
+    return BenchmarkDataset.from_config(cfg, split, device)

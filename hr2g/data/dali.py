@@ -102,24 +102,26 @@ class DaliReader:
         max_batch: clips (video sources) per pipeline run; larger requests are chunked.
         max_images: frames per run for frame folders.
         num_threads: DALI CPU threads (parsing, CPU decoding, resizing on the CPU backend).
+        cuda_index: the GPU to decode on (device "gpu"); None: the current CUDA device at first use.
     """
 
     def __init__(self, device: str = "auto", image_size: int = 224, max_batch: int = 16, max_images: int = 256,
-                 num_threads: int = 2):
+                 num_threads: int = 2, cuda_index: int | None = None):
         require_dali()
         self.device = resolve_device(device)
+        self._pinned_index = cuda_index if self.device == "gpu" else None
         self.image_size, self.max_batch, self.max_images, self.num_threads = image_size, max_batch, max_images, num_threads
         self._pipes: dict[tuple[str, str], object] = {}
         self._copy_stream = None  # CUDA side stream of the output copies, made on first GPU use
         # CUDA device of the pipelines and of the output tensors, fixed on first GPU use (not here:
         # torch.cuda.current_device() initialises CUDA, and a reader may be made before a fork)
-        self._cuda_index: int | None = None
+        self._cuda_index: int | None = self._pinned_index
 
     def __getstate__(self):  # pipelines and streams hold native resources: rebuilt in the receiving process
         state = self.__dict__.copy()
         state["_pipes"] = {}
         state["_copy_stream"] = None
-        state["_cuda_index"] = None
+        state["_cuda_index"] = state["_pinned_index"]
         return state
 
     def _device_index(self) -> int:
