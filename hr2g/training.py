@@ -91,6 +91,13 @@ def train_step(model: torch.nn.Module, raw: HR2G, episodes: list[Episode], k_sho
     ``model`` is ``raw`` or its DDP wrapper.  Each episode is backpropagated on its own (gradient
     accumulation, so memory is one episode's); DDP synchronises on the last one only.  The bank
     update uses the prototypes of every episode of every rank, in (rank, episode) order.
+
+    The host reads the device once per step, after the backward passes and before the optimizer
+    step: the losses, accuracies and the global gradient norm in one copy (it read three scalars
+    per episode before, the first between forward and backward, so on a GPU the backward could
+    not be queued while the forward ran).  A non-finite loss or gradient norm raises there, before
+    the weights or the bank change; the norm is taken after DDP's all-reduce, so a NaN on one rank
+    stops every rank at the same step instead of leaving the others waiting at the next collective.
     """
     amp = cfg.train.amp and device.type == "cuda"
     scale = 1.0 / len(episodes)  # DDP additionally averages over ranks
@@ -105,19 +112,27 @@ def train_step(model: torch.nn.Module, raw: HR2G, episodes: list[Episode], k_sho
                 if cfg.model.aux_text_weight > 0:
                     labels = torch.cat([ep.classes[ep.support_labels], ep.classes[ep.query_labels]])  # dataset labels
                     loss = loss + cfg.model.aux_text_weight * raw.aux_text_loss(out.video_feats, labels, base_class_names)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or disable train.amp")
             (loss * scale).backward()
-        losses.append(loss.item())
-        accs.append((out.logits[0].argmax(-1) == ep.query_labels).float().mean().item())
+        losses.append(loss.detach().float())
+        accs.append((out.logits[0].detach().argmax(-1) == ep.query_labels).float().mean())
         if out.prototypes is not None:
             protos.append(out.prototypes.detach().float())
-    if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(raw.trainable_parameters(), cfg.train.grad_clip)
+    # max_norm=inf measures without clipping (the scale clamps to 1.0: the gradients are unchanged)
+    norm = torch.nn.utils.clip_grad_norm_(raw.trainable_parameters(),
+                                          cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf)
+    stats = torch.stack(losses + accs + [norm.float().to(losses[0].device)]).tolist()  # the step's one host sync
+    step_losses, step_accs, grad_norm = stats[:len(episodes)], stats[len(episodes):-1], stats[-1]
+    if not all(map(math.isfinite, step_losses)):
+        raise FloatingPointError(f"non-finite loss {step_losses} in this step's episodes; lower train.lr or disable "
+                                 "train.amp")
+    if not math.isfinite(grad_norm):
+        where = " (DDP averages every rank's gradients: a non-finite loss on another rank shows here)" \
+            if dist_info.enabled else ""
+        raise FloatingPointError(f"non-finite gradient norm {grad_norm}{where}; lower train.lr or disable train.amp")
     optimizer.step()
     if protos:  # after the step, outside autograd: every rank applies the same ordered update
         raw.update_bank(gather_in_rank_order(torch.cat(protos), dist_info))
-    return StepResult(float(np.mean(losses)), float(np.mean(accs)))
+    return StepResult(float(np.mean(step_losses)), float(np.mean(step_accs)))
 
 
 def build_optim(model: HR2G, cfg: Config):

@@ -46,6 +46,23 @@ def _stopping_worker(rank: int, world: int, port: int, cfg, results):
         results[rank] = (stop.epoch, stop.step, stop.signal_name)
 
 
+def _nan_worker(rank: int, world: int, port: int, cfg, results):
+    """Rank 1's loss turns NaN at its second step; every rank must stop there, none may step."""
+    if rank == 1:
+        real, calls = training.F.cross_entropy, []
+
+        def cross_entropy(*args, **kwargs):
+            calls.append(1)
+            out = real(*args, **kwargs)
+            return out * float("nan") if len(calls) == 2 else out
+
+        training.F.cross_entropy = cross_entropy
+    try:
+        _worker(rank, world, port, cfg, results)
+    except FloatingPointError as exc:
+        results[rank] = str(exc)
+
+
 def _cfg(path):
     cfg = tiny_config(path, ikt_bank_size=8)  # fills after 2 steps of 2x3 prototypes: momentum updates run too
     cfg.train.device = "cpu"
@@ -97,6 +114,22 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert single["bank_digest"] == resumed[0]["bank_digest"]
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_step(tmp_path):
+    """Rank 1 checked its own loss before backward, raised, and left rank 0 waiting in the
+    all-reduce for train.dist_timeout_min.  Now both finish the backward (its all-reduce spreads the
+    NaN) and refuse the step on the gradient norm; the checkpoint written before is kept."""
+    cfg = _cfg(tmp_path / "ddp")
+    cfg.train.dist_timeout_min = 1  # a rank left waiting fails the test in a minute, not two hours
+    cfg.train.checkpoint_every = 1
+    results = mp.Manager().dict()
+    mp.spawn(_nan_worker, args=(2, _free_port(), cfg, results), nprocs=2, join=True)
+    assert results[1].startswith("non-finite loss [") and "nan" in results[1]
+    assert results[0].startswith("non-finite gradient norm nan") and "another rank" in results[0]
+    ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 1)
 
 
 def test_episodes_per_step_out_of_range_is_refused(tmp_path):

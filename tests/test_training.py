@@ -263,3 +263,28 @@ def test_videos_known_missing_are_not_reported_unreadable(trained):
     res = evaluate_model(model, ds, cfg2, episodes=30, seed=0, k_shot=1, batch_episodes=30, progress=False)
     assert res.skipped_videos == {"v1.mp4": "moov atom not found"} and res.episodes == 30
     assert not {2, 9} & set(ds.reads)
+
+
+def test_a_non_finite_loss_stops_training_before_the_step(tmp_path, monkeypatch):
+    """The loss is read back once per step, after backward: a NaN there raises before the optimizer
+    step and the bank update, and the checkpoint of the step before is what remains."""
+    from hr2g import training
+
+    real, calls = training.F.cross_entropy, []
+
+    def cross_entropy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs) * (float("nan") if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(training.F, "cross_entropy", cross_entropy)
+    seen = {}
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (seen.setdefault("steps", []).append(1),
+                                                                         real_step(self, *a, **k))[1])
+    cfg = tiny_config(tmp_path)
+    cfg.train.checkpoint_every = 1
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \[nan\] in this step's episodes; lower train.lr"):
+        train(cfg, progress=False)
+    assert len(seen["steps"]) == 1  # the NaN step never reached the optimizer
+    ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 1) and int(ckpt["model"]["ikt.bank_filled"]) == cfg.model.ikt_prototypes
