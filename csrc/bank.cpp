@@ -273,7 +273,8 @@ void retrieve_backward_cpu_impl(const at::Tensor& grad_out, const at::Tensor& pr
       const acc_t up = lane_sum<acc_t>(c_dim, [&](int64_t c) { return u[c] * static_cast<acc_t>(p[c]); });
       const acc_t pnorm = std::sqrt(pss);
       const acc_t n = pnorm < eps ? eps : pnorm;
-      const acc_t coef = pnorm >= eps ? up / (n * n * pnorm) : acc_t(0);
+      // divided in turn: n * n * pnorm overflows fp32 from prototype norms of ~7e12 on
+      const acc_t coef = pnorm >= eps ? up / n / n / pnorm : acc_t(0);
       for (int64_t c = 0; c < c_dim; ++c) {
         GP[m * c_dim + c] = static_cast<scalar_t>(u[c] / n - coef * static_cast<acc_t>(p[c]));
       }

@@ -77,7 +77,17 @@ def _retrieve_setup_context(ctx, inputs, output):
     ctx.temperature = temperature
 
 
+def _refuse_double_backward(op: str) -> None:
+    # autograd runs a backward with grad mode on only for create_graph=True; the kernels' gradients
+    # are not themselves differentiable, and without this a double backward (a gradient penalty)
+    # treated them as constants and returned wrong second derivatives without a word
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
+                           "use backend='torch' for higher-order gradients")
+
+
 def _retrieve_backward(ctx, grad_out, _grad_index, _grad_weights):
+    _refuse_double_backward("hr2g.ops.bank_retrieve (ext)")
     if ctx.needs_input_grad[1]:
         raise RuntimeError("hr2g::bank_retrieve differentiates w.r.t. protos only, but bank requires grad; "
                            "use backend='torch' to differentiate w.r.t. the bank")
@@ -138,7 +148,9 @@ def unsupported_reason(op: str, *args) -> str | None:
             return f"protos dtype {protos.dtype} is not floating point"
         if not bank.is_contiguous():
             return "hr2g._C updates the bank in place and needs it contiguous"
-        if protos.numel() and protos.untyped_storage().data_ptr() == bank.untyped_storage().data_ptr():
+        # storage pointers are not traceable (torch.compile traces this check): eager mode only
+        if protos.numel() and not torch.compiler.is_compiling() and \
+                protos.untyped_storage().data_ptr() == bank.untyped_storage().data_ptr():
             return "protos shares memory with the bank being updated"
     device = bank.device
     if device.type not in ("cpu", "cuda"):

@@ -7,8 +7,6 @@ not refuse.  Optional parts are imported lazily, once, on first use -- never at 
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 from typing import Callable
 
@@ -52,13 +50,34 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.cache
+# name -> (module, None) or (None, reason), filled on first use.  A plain dict and import
+# statements rather than functools.cache + importlib.import_module: torch.compile traces the
+# dispatch of every public op, and Dynamo refuses importlib.import_module (a graph break, an error
+# under fullgraph=True) and ignores functools.cache, while it runs import statements and reads the
+# dict.  Without this, compiling ops.otam_distance(backend="triton") or the bank ops failed.
+_LOADED: dict[str, tuple] = {}
+
+
+def _import(name: str):
+    if name == "hr2g.kernels.otam":
+        import hr2g.kernels.otam as mod
+    elif name == "hr2g.kernels.sample_attention":
+        import hr2g.kernels.sample_attention as mod
+    elif name == "hr2g._bank_ext":
+        import hr2g._bank_ext as mod
+    else:
+        raise ModuleNotFoundError(f"{name} is not one of hr2g's optional backend modules")
+    return mod
+
+
 def load_module(name: str):
     """Import an optional module once; returns ``(module, None)`` or ``(None, reason)``."""
-    try:
-        return importlib.import_module(name), None
-    except Exception as exc:  # report any failure (missing dep, ABI mismatch, compile error)
-        return None, f"{name} failed to import: {type(exc).__name__}: {exc}"
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = _import(name), None
+        except Exception as exc:  # report any failure (missing dep, ABI mismatch, compile error)
+            _LOADED[name] = None, f"{name} failed to import: {type(exc).__name__}: {exc}"
+    return _LOADED[name]
 
 
 def _tensors(args) -> list[torch.Tensor]:

@@ -44,6 +44,7 @@ def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_suppor
     _require(q.dim() == 4, lambda: f"sample_attention: q must be [B, H, S, d]; got {tuple(q.shape)}")
     _require(q.shape == k.shape == v.shape, lambda: f"sample_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     _require(q.dtype == k.dtype == v.dtype, lambda: f"sample_attention: dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    _require(q.shape[3] >= 1, lambda: f"sample_attention: head dim d must be >= 1; got q of shape {tuple(q.shape)}")
     s = q.shape[2]
     if n_support is not None:
         n_support = int(n_support)
@@ -83,6 +84,8 @@ def bank_update_(bank: torch.Tensor, filled: int, protos: torch.Tensor, momentum
     similar slot (cosine, ties -> lower slot).  No gradient flows.
     """
     filled = _check_bank("bank_update_", protos, bank, filled)
+    _require(bank.shape[0] > 0 or protos.shape[0] == 0,
+             lambda: f"bank_update_: bank must have at least one slot (G >= 1) to take prototypes; got bank {tuple(bank.shape)}")
     _require(0.0 <= float(momentum) <= 1.0, lambda: f"bank_update_: momentum must be in [0, 1], got {momentum}")
     _, fn = resolve("bank_update_", backend, bank, filled, protos, float(momentum))
     return int(fn(bank, filled, protos, float(momentum)))

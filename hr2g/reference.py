@@ -111,7 +111,11 @@ def sample_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_su
 
 # --------------------------------------------------------------------------- knowledge bank
 def bank_cosine(protos: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity ``[M, C] x [G, C] -> [M, G]`` with norms floored at ``BANK_NORM_EPS``."""
+    """Cosine similarity ``[M, C] x [G, C] -> [M, G]`` with norms floored at ``BANK_NORM_EPS``,
+    computed in fp32 at least (as the extension accumulates): in fp16 the floor of 1e-8 rounds to
+    0, and an all-zero slot's 0/0 = NaN ranked first in both the top-k and the update's argmax."""
+    acc = torch.promote_types(torch.promote_types(protos.dtype, bank.dtype), torch.float32)
+    protos, bank = protos.to(acc), bank.to(acc)
     pn = protos / protos.norm(dim=-1, keepdim=True).clamp_min(BANK_NORM_EPS)
     bn = bank / bank.norm(dim=-1, keepdim=True).clamp_min(BANK_NORM_EPS)
     # an explicit product-sum, not a matmul: BLAS sums some slots in a different order (blocking),
@@ -128,8 +132,8 @@ def bank_retrieve_ref(protos: torch.Tensor, bank: torch.Tensor, filled: int, top
     slots.  ``filled == 0`` -> zeros.  Differentiable w.r.t. ``protos`` (the selection is not).
     """
     filled = int(filled)
-    if filled == 0:
-        return torch.zeros_like(protos)
+    if filled == 0:  # zeros that keep the graph: a zero gradient, as the extension gives
+        return torch.where(torch.zeros_like(protos, dtype=torch.bool), protos, 0.0)
     sims = bank_cosine(protos, bank[:filled])  # [M, filled]
     # stable descending sort: equal similarities keep slot order, so ties pick the lower index
     order = torch.sort(sims.detach(), dim=-1, descending=True, stable=True).indices[:, :topk]  # [M, k]

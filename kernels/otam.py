@@ -284,7 +284,7 @@ def _otam_bwd_kernel(q_ptr, s_ptr, g_ptr, w_ptr, rq_ptr, rs_ptr, Q, P, T, TP, C,
     gd = gd * g  # dL/dD, [BT, BT]
     # D = 1 - dot / (|a||b| + eps):  dD/d dot = -1/den,  dD/d|a_i| = dot |b_j| / den^2
     w = -gd / den
-    k = gd * dots / (den * den)
+    k = -w * (dots / den)  # not gd * dots / den^2: den^2 overflows fp32 from feature norms of ~4e9 on
     # |a| = 0 means a = 0: d|a|/da is a subgradient there; take 0 like torch.linalg.norm
     rq = tl.where(nq > 0, tl.sum(k * ns[None, :], axis=1) / tl.where(nq > 0, nq, 1.0), 0.0)
     rs = tl.where(ns > 0, tl.sum(k * nq[:, None], axis=0) / tl.where(ns > 0, ns, 1.0), 0.0)
@@ -379,7 +379,17 @@ def _setup_context(ctx, inputs, output):
     ctx.lam = lam
 
 
+def _refuse_double_backward(op: str) -> None:
+    # autograd runs a backward with grad mode on only for create_graph=True; the kernels' gradients
+    # are not themselves differentiable, and without this a double backward (a gradient penalty)
+    # treated them as constants and returned wrong second derivatives without a word
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
+                           "use backend='torch' for higher-order gradients")
+
+
 def _grads(ctx, grad, bwd):
+    _refuse_double_backward("hr2g.ops.otam_distance (triton)")
     query, support = ctx.saved_tensors
     dq, ds = bwd(grad, query, support, ctx.lam)
     return dq, ds, None

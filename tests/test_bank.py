@@ -327,6 +327,38 @@ def test_ext_retrieve_grad_at_the_norm_floor(device, scale):
     torch.testing.assert_close(g_ext, g_ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e13, 1e18])
+def test_ext_retrieve_grad_at_huge_norms(device, scale):
+    """fp32 prototypes of norm 1e13 and more: the gradient's norm term divided by |p|^3 in one go,
+    which overflows fp32 (a 7 % error at 1e13, was 1e-7 at 1e12); now within the fp32 reference's
+    own error of the fp64 one."""
+    protos = (torch.randn(3, 16, device=device) * scale).requires_grad_()
+    bank = torch.randn(10, 16, device=device)
+    ext = require_ext("bank_retrieve", protos, bank, 8, 5, 1.0)
+    grad = torch.randn(3, 16, device=device)
+    (g_ext,) = torch.autograd.grad(ext.bank_retrieve(protos, bank, 8, 5, 1.0), protos, grad)
+    (g_ref,) = torch.autograd.grad(bank_retrieve_ref(protos, bank, 8, 5, 1.0), protos, grad)
+    p64 = protos.detach().double().requires_grad_()
+    (g64,) = torch.autograd.grad(bank_retrieve_ref(p64, bank.double(), 8, 5, 1.0), p64, grad.double())
+    assert g64.abs().max() > 0
+    assert_within_bound(g_ext, g_ref, g64, torch.float32)
+
+
+def test_zero_slots_in_half_precision_neither_poison_nor_attract(device):
+    """An all-zero filled slot in an fp16 bank: the reference's norm floor (1e-8) rounded to 0 in
+    fp16, 0/0 = NaN ranked first, so retrieval returned NaN and the update moved the zero slot.
+    Similarities are now taken in fp32 (as the extension does), by both backends alike."""
+    bank = torch.randn(4, 8, device=device).half()
+    bank[1] = 0
+    protos = (bank[2:3].float() + 0.01 * torch.randn(1, 8, device=device)).half()
+    backends = ["torch"] + (["ext"] if _dispatch.refusal("bank_update_", "ext", (bank, 4, protos, 0.5)) is None else [])
+    for backend in backends:
+        assert torch.isfinite(ops.bank_retrieve(protos, bank, 4, 2, backend=backend)).all(), backend
+        moved = bank.clone()
+        ops.bank_update_(moved, 4, protos, 0.5, backend=backend)
+        assert [i for i in range(4) if not torch.equal(moved[i], bank[i])] == [2], backend
+
+
 @pytest.mark.parametrize("filled,topk,temperature", [(1, 1, 1.0), (8, 3, 0.5), (11, 11, 2.0)], ids=["F1-K1", "F8-K3", "F11-K11"])
 def test_ext_retrieve_gradcheck(device, filled, topk, temperature):
     protos = torch.randn(3, 9, dtype=torch.float64, device=device, requires_grad=True)
@@ -466,6 +498,21 @@ def _bad_update_calls(dev):
         ((b, 6, p, 1.5), "momentum must be in [0, 1], got 1.5"),
         ((b[:0], 0, p, 0.9), "bank must have at least one slot"),
     ]
+
+
+def test_public_ops_check_what_every_backend_needs():
+    """The same clear errors whichever backend would run (the reference raised an IndexError from
+    argmax for an empty bank), and an empty bank's retrieval keeps a zero gradient like the
+    extension's (the reference returned zeros detached from the prototypes)."""
+    with pytest.raises(ValueError, match=re.escape("bank_update_: bank must have at least one slot (G >= 1)")):
+        ops.bank_update_(torch.randn(0, 8), 0, torch.randn(2, 8), 0.9, backend="torch")
+    assert ops.bank_update_(torch.randn(0, 8), 0, torch.randn(0, 8), 0.9, backend="torch") == 0
+    for backend in ["torch"] + (["ext"] if _dispatch.load_module("hr2g._bank_ext")[0] is not None else []):
+        protos = torch.tensor([[1.0, -4.0], [2.0, 3.0]], requires_grad=True)
+        out = ops.bank_retrieve(protos, torch.randn(4, 2), 0, 1, backend=backend)
+        assert torch.equal(out, torch.zeros(2, 2)), backend
+        out.sum().backward()
+        assert torch.equal(protos.grad, torch.zeros(2, 2)), backend
 
 
 def test_ext_argument_checks(device):

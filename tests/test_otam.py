@@ -268,6 +268,15 @@ def test_kernel_reads_nothing_outside_its_inputs(device, t, tp, c):
     check_against_reference(query, support, lam=0.5)
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1e10, 1e15])
+def test_gradients_hold_at_extreme_feature_norms(device, scale):
+    """D depends on the features' directions only, so the gradients scale as 1/scale; the kernel's
+    norm term once divided by den^2, which overflows fp32 from norms of ~4e9 on (the term became
+    0: a relative error of 0.5 at 1e10 and above, the forward still right)."""
+    check_against_reference(frames(1, 2, 4, 16, device=device) * scale, frames(1, 3, 5, 16, device=device) * scale,
+                            lam=0.5)
+
+
 def test_public_op_routes_to_kernel(device):
     query, support = frames(2, 3, 4, 16, device=device), frames(2, 2, 5, 16, device=device)
     from hr2g.kernels import otam as kernel

@@ -404,6 +404,9 @@ def test_ops_validates_n_support():
         ops.sample_attention(q, q, q, 5)
     with pytest.raises(ValueError, match="n_support"):
         ops.sample_attention(q, q, q, 0)
+    q0 = torch.randn(1, 1, 4, 0)  # was a bare ZeroDivisionError in the reference
+    with pytest.raises(ValueError, match=r"head dim d must be >= 1; got q of shape \(1, 1, 4, 0\)"):
+        ops.sample_attention(q0, q0, q0)
 
 
 # --------------------------------------------------------------------------- GPU only

@@ -250,7 +250,8 @@ __global__ void __launch_bounds__(kRetrieveThreads)
   pss = block_sum(pss, scratch);
   up = block_sum(up, scratch);
   const acc_t p_norm = sqrt(pss), n = floor_norm(p_norm);
-  const acc_t coef = p_norm >= static_cast<acc_t>(kBankNormEps) ? up / (n * n * p_norm) : acc_t(0);
+  // divided in turn: n * n * p_norm overflows fp32 from prototype norms of ~7e12 on
+  const acc_t coef = p_norm >= static_cast<acc_t>(kBankNormEps) ? up / n / n / p_norm : acc_t(0);
   for (int c = tid; c < c_dim; c += blockDim.x) {
     grad_protos[m * c_dim + c] = static_cast<scalar_t>(u[c] / n - coef * static_cast<acc_t>(p[c]));
   }
