@@ -43,8 +43,15 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     if base is not None:
         cfg = base
     elif args.config:
-        with open(args.config) as f:
-            cfg = Config.from_dict(json.load(f))
+        try:
+            with open(args.config) as f:
+                cfg = Config.from_dict(json.load(f))
+        except OSError as exc:
+            raise SystemExit(f"error: --config {args.config}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"error: --config {args.config}: not valid JSON ({exc})") from None
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"error: --config {args.config}: {exc}") from None
     else:
         preset = args.preset or (args.dataset if args.dataset in PRESETS and args.dataset != "synthetic" else "tiny")
         cfg = get_preset(preset)

@@ -40,15 +40,24 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
     """(model in eval mode on its device, its config, the device) from ``add_checkpoint_args`` flags."""
     from hr2g import checkpoint
     from hr2g.evaluation import load_model
-    from hr2g.training import resolve_device
+    from hr2g.errors import SetupError
+    from hr2g.training import backend_report, resolve_device
 
     device = resolve_device(args.device)
     try:
         ckpt = checkpoint.load(args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --checkpoint: {exc}") from None
-    model, cfg = load_model(ckpt, device)
+    try:
+        model, cfg = load_model(ckpt, device)
+    except SetupError as exc:
+        raise SystemExit(f"error: --checkpoint: {exc}") from None
     if args.fused or args.backend:
+        flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
+        try:  # a backend that cannot run here fails now, not after every video has been encoded
+            backend_report(args.backend or "auto", device)
+        except SetupError as exc:
+            raise SystemExit(f"error: {flag}: {exc}") from None
         set_backend(model, cfg, args.backend or "auto")
     return model, cfg, device
 

@@ -118,7 +118,10 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
 
 def copy_lists(paths: list[Path], dest: Path) -> list[str]:
     """Copy the split lists (and label files) used next to the outputs, so that ``--data-root <out>``
-    finds them without ``--split-dir``; an existing file of the same name is left alone."""
+    finds them without ``--split-dir``.  An existing file with other contents (lists from an earlier
+    run with another ``--split-dir``) is replaced, with a warning, and kept as ``<name>.prev``: the
+    loader would otherwise read the old lists without a word."""
+    import filecmp
     import shutil
 
     copied = []
@@ -127,10 +130,15 @@ def copy_lists(paths: list[Path], dest: Path) -> list[str]:
         name = f"something-something-v2-{path.name}" if path.parent.name == "labels" and path.name in (
             "train.json", "validation.json") else path.name
         target = dest / name
-        if not target.exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            copied.append(name)
+        if target.exists() and filecmp.cmp(path, target, shallow=False):
+            continue
+        if target.exists():
+            backup = target.with_name(target.name + ".prev")
+            log.warning("%s differs from %s: replacing it (the old one is kept as %s)", target, path, backup.name)
+            os.replace(target, backup)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        copied.append(name)
     return copied
 
 

@@ -51,5 +51,6 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = self.received or signal.Signals(signum).name
         # os.write, not logging: a handler may run while the logging lock is held
+        again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
         os.write(2, f"\nhr2g.train: {signal.Signals(signum).name} received: finishing this step, then saving a "
-                    "checkpoint (Ctrl-C again to stop at once)\n".encode())
+                    f"checkpoint{again}\n".encode())

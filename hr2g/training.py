@@ -32,10 +32,15 @@ from hr2g.data.loader import EpisodeStream, episode_loader
 from hr2g.distributed import (DistInfo, any_rank, barrier, episodes_per_rank, gather_in_rank_order, init_from_env,
                               shutdown)
 from hr2g.model.model import HR2G
+from hr2g.errors import SetupError
 from hr2g.runlog import RunLog
 from hr2g.stopping import StopSignals, TrainingStopped
 
 log = logging.getLogger("hr2g.train")
+
+
+# what a run writes into its folder (besides config.json, rewritten at the start, and tb/ events)
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "unreadable_videos.json")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 def backend_report(backend: str, device: torch.device) -> list[str]:
     """One line per op: which backend runs it here and, if not the fused one, why.
 
-    Raises ``ValueError`` if an explicitly requested backend cannot run an op here: before
+    Raises :class:`~hr2g.errors.SetupError` (a ``ValueError``) if an explicitly requested backend cannot run an op here: before
     training, not at the first step."""
     if backend == "torch":
         return ["all ops: torch reference backend (pass --fused to use the fused kernels)"]
@@ -67,7 +72,7 @@ def backend_report(backend: str, device: torch.device) -> list[str]:
         chosen = next((b for b, why in verdicts.items() if why is None), None)
         refused = "; ".join(f"{b} refused: {why}" for b, why in verdicts.items() if why is not None)
         if chosen is None:
-            raise ValueError(f"model.backend={backend} cannot run {op} on {device.type}: {refused}")
+            raise SetupError(f"model.backend={backend} cannot run {op} on {device.type}: {refused}")
         lines.append(f"{op}: {chosen}" + (f" ({refused})" if refused else ""))
     return lines
 
@@ -213,9 +218,18 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
-    if ckpt is None and (out / "last.pt").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({out / 'last.pt'}): continue it with --resume auto, start a "
+    stale = [out / f for f in RUN_FILES if (out / f).exists()] if ckpt is None else []
+    if (out / "tb").is_dir() and ckpt is None:
+        stale += sorted((out / "tb").glob("events.out.tfevents.*"))
+    if ckpt is None and any(f.name in ("last.pt", "best.pt") for f in stale) and not overwrite:
+        held = out / "last.pt" if (out / "last.pt").exists() else out / "best.pt"
+        hint = "--resume auto" if held.name == "last.pt" else f"--resume {held}"
+        raise FileExistsError(f"{out} already holds a run ({held}): continue it with {hint}, start a "
                               "new one with another --out, or replace it with --overwrite")
+    if main and stale:  # a new run: the old run's checkpoints, lists and event files would pass for its own
+        log.info("starting a new run in %s: removing the previous run's %s", out, ", ".join(f.name for f in stale))
+        for f in stale:
+            f.unlink()
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.dumps())
@@ -230,10 +244,13 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     train_set = build_dataset(cfg.data, "train", device)
     val_set = build_dataset(cfg.data, "val", device) if cfg.train.val_episodes > 0 and main else None
     test_set = build_dataset(cfg.data, "test", device) if cfg.train.test_episodes > 0 and main else None
-    for name, split_set in (("val", val_set), ("test", test_set)):  # an impossible episode shape fails now, not after an epoch
-        if split_set is not None:
-            EpisodeSampler.for_dataset(split_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)
-    sampler = EpisodeSampler.for_dataset(train_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
+    try:  # an impossible episode shape fails now, not after an epoch
+        for name, split_set in (("val", val_set), ("test", test_set)):
+            if split_set is not None:
+                EpisodeSampler.for_dataset(split_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.test_q_query, split=name)
+        sampler = EpisodeSampler.for_dataset(train_set, cfg.data.n_way, cfg.data.k_shot, cfg.data.q_query, split="train")
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
     model = HR2G(cfg.model, cfg.data.frames).to(device)
     # text features of every class up front, in one batch: the cached values then do not depend
     # on which episode first met a class (batch composition changes the last float bits, and
@@ -279,6 +296,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     slots = range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
     t0 = time.time() - tally.elapsed
     val_acc = float("nan")
+    eval_skipped: dict[str, str] = {}  # unreadable val / test videos (this process), listed with the training ones
     n_log, n_ckpt = cfg.train.log_every, cfg.train.checkpoint_every
     try:
         with StopSignals() as stop:
@@ -314,6 +332,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                     res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
                                          k_shot=cfg.data.k_shot, progress=False)
                     val_acc = res.accuracy
+                    eval_skipped.update(res.skipped_videos)
                     log.info("epoch %d: train loss %.4f acc %.3f | val %d-way %d-shot acc %.2f ± %.2f%%", epoch + 1,
                              np.mean(tally.loss), np.mean(tally.acc), cfg.data.n_way, cfg.data.k_shot,
                              100 * res.accuracy, 100 * res.ci95)
@@ -335,18 +354,21 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         log.warning("%s is at the end of epoch %d of %d: nothing to train (pass --epochs N to train longer)", path,
                     start_epoch, cfg.train.epochs)
     summary = {"val_accuracy": None if math.isnan(val_acc) else val_acc, "best_val": best,
-               "last": str(out / "last.pt"), "best": str(out / "best.pt"),
-               "skipped_videos": len(failures), "seconds": time.time() - t0, "world_size": dist_info.world,
-               "bank_digest": bank_digest(model)}
+               "last": str(out / "last.pt"), "best": str(out / "best.pt") if (out / "best.pt").exists() else None,
+               "seconds": time.time() - t0, "world_size": dist_info.world, "bank_digest": bank_digest(model)}
     if main and failures:
         log.warning("%d unreadable videos were skipped during training: %s", len(failures), ", ".join(list(failures)[:5]))
-        (out / "unreadable_videos.json").write_text(json.dumps(failures, indent=2))
     if test_set is not None:
         res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
                              k_shot=cfg.data.k_shot, progress=False)
+        eval_skipped.update(res.skipped_videos)
         log.info("novel classes (test split): %d-way %d-shot accuracy %.2f ± %.2f %% over %d episodes (chance %.1f %%)",
                  cfg.data.n_way, cfg.data.k_shot, 100 * res.accuracy, 100 * res.ci95, res.episodes, 100 / cfg.data.n_way)
         summary.update(test_accuracy=res.accuracy, test_ci95=res.ci95, test_episodes=res.episodes)
+    listed = {**failures, **eval_skipped}  # keys are paths under the data root: one entry per video
+    summary["skipped_videos"] = len(listed)
+    if main and listed:
+        (out / "unreadable_videos.json").write_text(json.dumps(listed, indent=2))
     if main:
         log.info("done in %.0f s: %s", summary["seconds"], json.dumps(summary))
     barrier(dist_info)

@@ -81,6 +81,12 @@ def test_jpeg_extraction_of_the_needed_frames_only(raw, tmp_path):
     missing = dict(report_lines(out / "prepare_report.tsv"))
     assert "not found under" in missing["videos/Archery/not_there.avi"]
     assert (out / "splits" / "test_few_shot.txt").read_text() == lst.read_text()  # --data-root out finds it
+    # run again with corrected lists: they replace the copied ones (kept as .prev), not silently lose
+    lst.write_text("\n".join(lines[:-1]) + "\n")
+    assert prepare.main(["--src", str(root), "--out", str(out), "--to", "jpeg", "--max-frames", "5", "--split-list",
+                         str(lst), "--workers", "1", "--no-progress"]) == 0
+    assert (out / "splits" / "test_few_shot.txt").read_text() == lst.read_text()
+    assert (out / "splits" / "test_few_shot.txt.prev").read_text().endswith("not_there.avi\n")
 
 
 def test_scaled_size_and_cli_errors(tmp_path):

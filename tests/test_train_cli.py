@@ -63,12 +63,53 @@ def test_a_new_run_does_not_clobber_an_existing_one(run):
     (["--set", "train.lr=nan"], r"train.lr=nan must be > 0"),
     (["--set", "model.ikt_momentum=nan"], r"model.ikt_momentum=nan is outside the allowed range"),
     (["--data-root", "DATA"], r"--data-root DATA needs --dataset"),
+    (["--config", "nope.json"], r"^error: --config nope.json: No such file or directory"),
+    (["--config", "afile"], r"^error: --config afile: not valid JSON"),
+    (["--config", "typo.json"], r"^error: --config typo.json: .*model.backbon"),
+    (["--dataset", "hmdb51", "--data-root", "DATA"], r"^error: data root DATA \(relative to the current folder .*\) does not exist"),
 ])
 def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "typo.json").write_text(json.dumps({"model": {"backbon": "tiny"}}))
     with pytest.raises(SystemExit, match=message):
         train_cli.main(TINY + argv)
+
+
+def test_overwrite_removes_the_previous_runs_files(run):
+    """--overwrite used to leave the old best.pt (and its summary path), unreadable_videos.json and
+    TensorBoard events in place, for the new run's evaluation to pick up."""
+    (run / "unreadable_videos.json").write_text("{}")
+    (run / "tb").mkdir(exist_ok=True)
+    (run / "tb" / "events.out.tfevents.1.old").write_text("x")
+    assert (run / "best.pt").exists()
+    summary = train_cli.main(TINY + ["--epochs", "1", "--out", str(run), "--overwrite", "--set", "train.val_episodes=0"])
+    assert summary["best"] is None and not (run / "best.pt").exists()
+    assert not (run / "unreadable_videos.json").exists() and not list((run / "tb").iterdir())
+    assert len((run / "log.csv").read_text().splitlines()) == 2  # the header and this run's one epoch row
+
+
+def test_evaluate_refuses_a_backend_that_cannot_run_before_encoding(run, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(SystemExit, match=r"^error: --backend triton: model.backend=triton cannot run otam_distance on cpu"):
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--backend", "triton", "--device", "cpu"])
+
+
+def test_clip_weights_that_cannot_be_loaded_are_a_setup_error(monkeypatch):
+    """Offline, open_clip retries and raises; the train command prints the hint as one error line."""
+    import open_clip
+
+    from hr2g.config import ModelConfig
+    from hr2g.errors import SetupError
+    from hr2g.model import encoder
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(SetupError, match=r"could not load CLIP ViT-B-16 weights 'openai' .*--set model.pretrained=") as err:
+        encoder._create_clip(ModelConfig(backbone="ViT-B-16", pretrained="openai"))
+    assert isinstance(err.value, RuntimeError)
 
 
 def test_episodes_per_step_not_divisible_by_the_world_size_stops_with_the_fix(tmp_path, monkeypatch):
@@ -79,14 +120,14 @@ def test_episodes_per_step_not_divisible_by_the_world_size_stops_with_the_fix(tm
 
 def test_an_impossible_evaluation_shape_fails_before_training(tmp_path):
     # the synthetic val split has 16 classes: 17-way validation can never run
-    with pytest.raises(ValueError, match=r"val: 17-way 1-shot .* n_way <= 16"):
+    with pytest.raises(SystemExit, match=r"^error: val: 17-way 1-shot .* n_way <= 16"):
         train_cli.main(TINY + ["--ways", "17", "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def test_an_explicit_backend_that_cannot_run_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors and no interpreter: Triton cannot run
-    with pytest.raises(ValueError, match=r"model.backend=triton cannot run otam_distance on cpu: triton refused"):
+    with pytest.raises(SystemExit, match=r"^error: model.backend=triton cannot run otam_distance on cpu: triton refused"):
         train_cli.main(TINY + ["--backend", "triton", "--device", "cpu", "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r" / "config.json").exists()
 

@@ -129,7 +129,7 @@ def test_bad_config_values_stop_with_a_message_naming_value_and_range(argv, mess
 def test_k_larger_than_a_class_stops_with_the_allowed_range(tmp_path):
     from hr2g import train as train_cli
 
-    with pytest.raises(ValueError, match=r"k_shot \+ q_query <= 6"):
+    with pytest.raises(SystemExit, match=r"^error: val: .*k_shot \+ q_query <= 6"):
         train_cli.main(["--shots", "6", "--no-progress", "--out", str(tmp_path), "--set", "data.synthetic_videos_per_class=6"])
 
 
@@ -288,3 +288,26 @@ def test_a_non_finite_loss_stops_training_before_the_step(tmp_path, monkeypatch)
     assert len(seen["steps"]) == 1  # the NaN step never reached the optimizer
     ckpt = checkpoint.load(f"{cfg.train.out_dir}/last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (0, 1) and int(ckpt["model"]["ikt.bank_filled"]) == cfg.model.ikt_prototypes
+
+
+def test_unreadable_validation_and_test_videos_are_listed_with_the_training_ones(tmp_path, monkeypatch):
+    """unreadable_videos.json and the summary's count covered training episodes only; videos that
+    validation or the final test skipped were only warned about."""
+    from hr2g.data.base import VideoReadError
+
+    real = SyntheticActions.clip
+
+    def clip(self, index, train, rng):
+        if self.split in ("val", "test") and index % 6 == 0:  # one video of every class
+            raise VideoReadError(f"/x/{self.key(index)}", "corrupt")
+        return real(self, index, train, rng)
+
+    monkeypatch.setattr(SyntheticActions, "clip", clip)
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs, cfg.train.test_episodes = 1, 4
+    summary = train(cfg, progress=False)
+    listed = json.loads(open(f"{cfg.train.out_dir}/unreadable_videos.json").read())
+    bad = {SyntheticActions(split, videos_per_class=6).key(i): split for split in ("val", "test") for i in range(0, 192, 6)
+           if i < 6 * (16 if split == "val" else 32)}
+    assert set(listed) <= set(bad) and {bad[k] for k in listed} == {"val", "test"}
+    assert summary["skipped_videos"] == len(listed) and set(listed.values()) == {"corrupt"}

@@ -103,7 +103,7 @@ class BenchmarkDataset(VideoDataset):
         if report.found == 0:
             raise FileNotFoundError(report.message())
         if not report.ok:
-            log.warning("%s; the missing ones count as unreadable videos (skipped and resampled)", report.message())
+            log.warning("%s; the missing ones are never drawn (episodes use the videos found)", report.message())
         self.report = report  # what validate_root found: counts and missing entries
         self.unavailable = frozenset(i for i, p in enumerate(self.paths) if p is None)
         self.class_names = list(split.class_names)
@@ -121,6 +121,9 @@ class BenchmarkDataset(VideoDataset):
         if not cfg.data_root:
             raise ValueError(f"data.data_root is required for dataset {cfg.dataset!r} (pass --data-root DIR)")
         root = Path(cfg.data_root)
+        if not root.is_dir():  # before looking for the lists in it: "no split list in ..." would mislead
+            where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+            raise FileNotFoundError(f"data root {root}{where} does not exist or is not a folder")
         split_dir = Path(cfg.split_dir) if cfg.split_dir else root / DEFAULT_SPLIT_SUBDIR
         list_path = find_split_file(preset, split_dir, split)
         label_file = find_label_file(preset, split_dir, split, exclude=list_path) or \

@@ -67,7 +67,9 @@ def _create_clip(cfg: ModelConfig) -> tuple[nn.Module, str]:
     try:
         model = open_clip.create_model(cfg.backbone, pretrained=pretrained)
     except Exception as exc:
-        raise RuntimeError(
+        from hr2g.errors import WeightsUnavailable
+
+        raise WeightsUnavailable(
             f"could not load CLIP {cfg.backbone} weights {pretrained!r} ({type(exc).__name__}: {exc}). Without network "
             f"access, pass a local checkpoint with --set model.pretrained=/path/to/open_clip_{cfg.backbone}.pt") from exc
     return model, cfg.backbone
