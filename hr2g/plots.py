@@ -378,7 +378,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = sub.add_parser("tsne", help="t-SNE of per-video features of the test classes (Fig. 6)")
     add_checkpoint_args(t)
     add_data_args(t)
-    t.add_argument("--classes", type=int, default=10, help="how many classes of the split to show (default 10)")
+    t.add_argument("--classes", type=int, default=None,
+                   help="how many classes of the split to show (default: 10, or all of a split with fewer)")
     t.add_argument("--per-class", type=int, default=30, help="videos per class, at most (default 30)")
     t.add_argument("--features", default="temporal", choices=("encoder", "temporal"),
                    help="per-video feature: mean over frames of the encoder output or of the temporal Transformer output")
@@ -396,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     checks = {"heatmap": (("--episode", "episode", 0), ("--shots", "shots", 1), ("--queries", "queries", 1), ("--query", "query", 0)),
               "tsne": (("--classes", "classes", 1), ("--per-class", "per_class", 1), ("--iters", "iters", 1))}
     for flag, attr, low in checks.get(args.figure, ()):
-        if getattr(args, attr) < low:
+        if getattr(args, attr) is not None and getattr(args, attr) < low:
             p.error(f"{flag} expects an integer >= {low}, got {getattr(args, attr)}")
     if args.figure == "heatmap" and args.ways is not None and args.ways < 2:
         p.error(f"--ways expects an integer >= 2, got {args.ways}")
@@ -457,6 +458,8 @@ def main(argv=None) -> Path:
                                                 f"{args.episode} (seed {seed}), {args.checkpoint}")
         else:
             n_cls = len(dataset.class_names)
+            if args.classes is None:  # the default fits any split: a 5-class split shows its 5
+                args.classes = min(10, n_cls)
             if args.classes > n_cls:
                 raise SystemExit(f"error: --classes {args.classes}: the {split} split has {n_cls} classes")
             classes = sorted(np.random.default_rng(args.seed).choice(n_cls, size=args.classes, replace=False).tolist())
