@@ -118,7 +118,7 @@ run_tests() {
 
 # the kernels' own tests (Triton compiled for real, GPU-marked bf16/fp16 and large shapes, the
 # CUDA bank op, its emulator twin), then everything else: together, the whole suite on the GPU
-KERNEL_TESTS="tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py tests/test_bank_simt.py"
+KERNEL_TESTS="tests/test_otam.py tests/test_sample_attention.py tests/test_bank.py tests/test_bank_simt.py tests/test_compile_ops.py tests/test_double_backward.py"
 # shellcheck disable=SC2086
 kernel_tests() { run_tests kernel_tests 30 "${HR2G_KERNEL_TESTS_CAP:-180}" $KERNEL_TESTS; }
 other_tests() {

@@ -168,7 +168,12 @@ def main(argv=None) -> int:
         log.error("no input videos found under %s", src)
         return 1
     jobs = [Job(p, output_path(out, p.relative_to(src), args.to), p.relative_to(src).as_posix()) for p in inputs]
-    outcomes = run_jobs(jobs, opts, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        outcomes = run_jobs(jobs, opts, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:  # finished outputs are complete (written to a temporary, then renamed)
+        print(f"hr2g.prepare: interrupted; run the same command again to continue (finished outputs under {out} "
+              "are kept and skipped)", file=sys.stderr)
+        raise SystemExit(130) from None
     failed = sorted([(o.rel, o.detail) for o in outcomes if o.status == "failed"] + missing)
     report = Path(args.report) if args.report else out / "prepare_report.tsv"
     report.parent.mkdir(parents=True, exist_ok=True)
