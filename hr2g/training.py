@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -199,6 +200,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     from hr2g.evaluation import evaluate_model  # local: evaluation imports training helpers
 
     cfg.validate()
+    for key in ("data_root", "split_dir"):  # stored absolute: evaluate / --resume may run from another folder
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
     device = resolve_device(cfg.train.device)
     dist_info = init_from_env(device.type, cfg.train.dist_timeout_min)
     if dist_info.enabled and device.type == "cuda":

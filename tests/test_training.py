@@ -311,3 +311,16 @@ def test_unreadable_validation_and_test_videos_are_listed_with_the_training_ones
            if i < 6 * (16 if split == "val" else 32)}
     assert set(listed) <= set(bad) and {bad[k] for k in listed} == {"val", "test"}
     assert summary["skipped_videos"] == len(listed) and set(listed.values()) == {"corrupt"}
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """config.json / checkpoints kept --data-root as typed: evaluating or resuming from another
+    folder then looked for the videos there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path)
+    cfg.data.data_root, cfg.data.split_dir = "data/hmdb51", "lists"  # the synthetic data ignores them
+    cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes = 1, 1, 0
+    summary = train(cfg, progress=False)
+    stored = checkpoint.load(summary["last"])["config"]["data"]
+    assert (stored["data_root"], stored["split_dir"]) == (str(tmp_path / "data/hmdb51"), str(tmp_path / "lists"))
+    assert json.loads(open(f"{cfg.train.out_dir}/config.json").read())["data"]["data_root"] == str(tmp_path / "data/hmdb51")

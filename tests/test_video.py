@@ -261,6 +261,8 @@ def test_build_dataset_synthetic_and_benchmark(bench, tmp_path, caplog):
     assert not ssds.flip and "flip augmentation disabled" in caplog.text
     assert ssds.class_names == ["Pushing something from left to right", "Tearing a paper"]
     assert ssds.clip(2, True, np.random.default_rng(0)).shape == (4, 3, 32, 32)
+    with pytest.raises(FileNotFoundError, match=r"data root not_there \(relative to the current folder /.*\) does not exist"):
+        build_dataset(DataConfig(dataset="hmdb51", data_root="not_there", decoder="pyav"), "test")
     with pytest.raises(FileNotFoundError, match="no val split list"):
         build_dataset(DataConfig(dataset="ssv2_small", data_root=str(ss), decoder="pyav"), "val")
 
