@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from hr2g._dispatch import refuse_double_backward
+
 try:
     from hr2g import _C
 except ImportError as exc:  # re-raised with the fix: the dispatcher shows this message as the reason
@@ -77,17 +79,8 @@ def _retrieve_setup_context(ctx, inputs, output):
     ctx.temperature = temperature
 
 
-def _refuse_double_backward(op: str) -> None:
-    # autograd runs a backward with grad mode on only for create_graph=True; the kernels' gradients
-    # are not themselves differentiable, and without this a double backward (a gradient penalty)
-    # treated them as constants and returned wrong second derivatives without a word
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
-                           "use backend='torch' for higher-order gradients")
-
-
 def _retrieve_backward(ctx, grad_out, _grad_index, _grad_weights):
-    _refuse_double_backward("hr2g.ops.bank_retrieve (ext)")
+    refuse_double_backward("hr2g.ops.bank_retrieve (ext)")
     if ctx.needs_input_grad[1]:
         raise RuntimeError("hr2g::bank_retrieve differentiates w.r.t. protos only, but bank requires grad; "
                            "use backend='torch' to differentiate w.r.t. the bank")

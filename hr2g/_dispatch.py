@@ -80,6 +80,16 @@ def load_module(name: str):
     return _LOADED[name]
 
 
+def refuse_double_backward(op: str) -> None:
+    """Called first in every fused backward.  Autograd runs a backward with grad mode on only for
+    ``create_graph=True``; the kernels' gradients are not themselves differentiable, and without
+    this a double backward (a gradient penalty) treated them as constants and returned wrong second
+    derivatives without a word."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
+                           "use backend='torch' for higher-order gradients")
+
+
 def _tensors(args) -> list[torch.Tensor]:
     return [a for a in args if isinstance(a, torch.Tensor)]
 

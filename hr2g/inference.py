@@ -48,10 +48,7 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
         ckpt = checkpoint.load(args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --checkpoint: {exc}") from None
-    try:
-        model, cfg = load_model(ckpt, device)
-    except SetupError as exc:
-        raise SystemExit(f"error: --checkpoint: {exc}") from None
+    model, cfg = load_model(ckpt, device)  # random-init CLIP, then the checkpoint's weights: nothing to download
     if args.fused or args.backend:
         flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
         try:  # a backend that cannot run here fails now, not after every video has been encoded

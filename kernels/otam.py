@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hr2g._dispatch import refuse_double_backward
 from hr2g.reference import OTAM_COS_EPS
 
 MAX_FRAMES = 32
@@ -379,17 +380,8 @@ def _setup_context(ctx, inputs, output):
     ctx.lam = lam
 
 
-def _refuse_double_backward(op: str) -> None:
-    # autograd runs a backward with grad mode on only for create_graph=True; the kernels' gradients
-    # are not themselves differentiable, and without this a double backward (a gradient penalty)
-    # treated them as constants and returned wrong second derivatives without a word
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
-                           "use backend='torch' for higher-order gradients")
-
-
 def _grads(ctx, grad, bwd):
-    _refuse_double_backward("hr2g.ops.otam_distance (triton)")
+    refuse_double_backward("hr2g.ops.otam_distance (triton)")
     query, support = ctx.saved_tensors
     dq, ds = bwd(grad, query, support, ctx.lam)
     return dq, ds, None

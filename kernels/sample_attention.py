@@ -51,6 +51,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hr2g._dispatch import refuse_double_backward
+
 MAX_HEAD_DIM = 128
 # the backward's grid axis 1 holds cdiv(S, BLOCK_M) + cdiv(S, BLOCK_N) <= 65535 blocks, 16 rows each at worst
 MAX_SAMPLES = 2**18
@@ -326,17 +328,8 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _refuse_double_backward(op: str) -> None:
-    # autograd runs a backward with grad mode on only for create_graph=True; the kernels' gradients
-    # are not themselves differentiable, and without this a double backward (a gradient penalty)
-    # treated them as constants and returned wrong second derivatives without a word
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{op}: the fused backward is not differentiable (double backward, create_graph=True); "
-                           "use backend='torch' for higher-order gradients")
-
-
 def _grads(ctx, grad_out, grad_lse, bwd):
-    _refuse_double_backward("hr2g.ops.sample_attention (triton)")
+    refuse_double_backward("hr2g.ops.sample_attention (triton)")
     q, k, v, out, lse = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)

@@ -69,6 +69,12 @@ def choose_decoder(decoder: str, device: torch.device | None = None) -> tuple[st
     return "dali", "decoder='auto': DALI and CUDA available, decoding on the GPU"
 
 
+def _require_root(root: Path) -> None:
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        raise FileNotFoundError(f"data root {root}{where} does not exist or is not a folder")
+
+
 class BenchmarkDataset(VideoDataset):
     """One split of a benchmark: videos (or frame folders) under ``root`` listed by ``split``.
 
@@ -96,8 +102,7 @@ class BenchmarkDataset(VideoDataset):
         self.root, self.split, self.preset = Path(root), split, preset
         self.frames, self.image_size, self.flip, self.decoder = frames, image_size, flip, decoder
         self.device = None if device is None else torch.device(device)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"data root {self.root} does not exist or is not a folder")
+        _require_root(self.root)
         self.paths = located if located is not None else locate_videos(self.root, split, preset)
         report = validate_root(self.root, split, preset, self.paths)
         if report.found == 0:
@@ -121,9 +126,7 @@ class BenchmarkDataset(VideoDataset):
         if not cfg.data_root:
             raise ValueError(f"data.data_root is required for dataset {cfg.dataset!r} (pass --data-root DIR)")
         root = Path(cfg.data_root)
-        if not root.is_dir():  # before looking for the lists in it: "no split list in ..." would mislead
-            where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
-            raise FileNotFoundError(f"data root {root}{where} does not exist or is not a folder")
+        _require_root(root)  # before looking for the lists in it: "no split list in ..." would mislead
         split_dir = Path(cfg.split_dir) if cfg.split_dir else root / DEFAULT_SPLIT_SUBDIR
         list_path = find_split_file(preset, split_dir, split)
         label_file = find_label_file(preset, split_dir, split, exclude=list_path) or \
@@ -185,12 +188,8 @@ class BenchmarkDataset(VideoDataset):
             if name == "dali":
                 from hr2g.data.dali import DaliReader
 
-                if self.device is None:
-                    reader = DaliReader("auto", image_size=self.image_size)
-                elif self.device.type == "cuda":
-                    reader = DaliReader("gpu", image_size=self.image_size, cuda_index=self.device.index)
-                else:
-                    reader = DaliReader("cpu", image_size=self.image_size)
+                mode = "auto" if self.device is None else "gpu" if self.device.type == "cuda" else "cpu"
+                reader = DaliReader(mode, image_size=self.image_size, cuda_index=getattr(self.device, "index", None))
                 why += f" (DALI device: {reader.device})"
             log.info("%s: decoding with %s -- %s", self.split.name, name, why)
             self._backend = (pid, name, reader)
