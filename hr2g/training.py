@@ -222,11 +222,11 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
-    stale = [out / f for f in RUN_FILES if (out / f).exists()] if ckpt is None else []
-    if (out / "tb").is_dir() and ckpt is None:
-        stale += sorted((out / "tb").glob("events.out.tfevents.*"))
-    if ckpt is None and any(f.name in ("last.pt", "best.pt") for f in stale) and not overwrite:
-        held = out / "last.pt" if (out / "last.pt").exists() else out / "best.pt"
+    stale = []  # a new run: what an earlier run left in the folder (none when resuming)
+    if ckpt is None:
+        stale = [out / f for f in RUN_FILES if (out / f).exists()] + sorted((out / "tb").glob("events.out.tfevents.*"))
+    held = next((f for f in stale if f.name in ("last.pt", "best.pt")), None)  # last.pt first (RUN_FILES order)
+    if held is not None and not overwrite:
         hint = "--resume auto" if held.name == "last.pt" else f"--resume {held}"
         raise FileExistsError(f"{out} already holds a run ({held}): continue it with {hint}, start a "
                               "new one with another --out, or replace it with --overwrite")
