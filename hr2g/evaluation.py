@@ -115,15 +115,16 @@ def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.ra
 def repair_episodes(specs: list[EpisodeSpec], bad: set[int], sampler: EpisodeSampler,
                     rng: np.random.Generator) -> list[EpisodeSpec]:
     """:func:`repair` every episode; those that cannot be repaired are dropped, with a warning
-    (the accuracy is then over fewer episodes, and says so in its count)."""
+    (the accuracy is then over fewer episodes, and says so in its count).  ValueError if none is left."""
     fixed = [repair(s, bad, sampler, rng) for s in specs]
     kept = [s for s in fixed if s is not None]
     need = sampler.k_shot + sampler.q_query
+    what = f"{sampler.split}, {sampler.n_way}-way {sampler.k_shot}-shot"
     if len(kept) < len(fixed):
-        log.warning("%d of %d episodes dropped: a class of theirs has fewer than %d readable videos",
-                    len(fixed) - len(kept), len(fixed), need)
+        log.warning("%s: %d of %d episodes dropped: a class of theirs has fewer than %d readable videos",
+                    what, len(fixed) - len(kept), len(fixed), need)
     if not kept:
-        raise ValueError(f"{sampler.split}: every episode has a class with fewer than {need} readable videos")
+        raise ValueError(f"{what}: every episode has a class with fewer than {need} readable videos")
     return kept
 
 

@@ -77,7 +77,11 @@ def load_clips(paths: list[Path], frames: int, image_size: int, decoder: str,
                device: torch.device | None = None) -> list[torch.Tensor]:
     """Test-time clips ``[T, 3, S, S]`` of video files / frame folders, through the benchmark loader's
     decoding (TSN centre frames, resize, centre crop, normalise); an unreadable clip is an error."""
-    from hr2g.data.base import VideoReadError
+    return _checked(paths, _decode(paths, frames, image_size, decoder, device))
+
+
+def _decode(paths: list[Path], frames: int, image_size: int, decoder: str, device: torch.device | None) -> list:
+    """A clip or a VideoReadError per path, in one loader (one decoder choice, logged once)."""
     from hr2g.data.benchmarks import BenchmarkDataset
     from hr2g.data.splits import Split
 
@@ -87,8 +91,13 @@ def load_clips(paths: list[Path], frames: int, image_size: int, decoder: str,
                   labels=np.zeros(len(paths), dtype=np.int64), class_names=["clip"], folders=[""])
     dataset = BenchmarkDataset(root, split, preset=None, frames=frames, image_size=image_size, flip=False, decoder=decoder,
                                located=list(paths), device=device)
-    out = dataset.clips(list(range(len(paths))), False, np.random.default_rng(0))
-    bad = [f"{p}: {r.why}" for p, r in zip(paths, out) if isinstance(r, VideoReadError)]
+    return dataset.clips(list(range(len(paths))), False, np.random.default_rng(0))
+
+
+def _checked(paths: list[Path], out: list) -> list[torch.Tensor]:
+    from hr2g.data.base import VideoReadError
+
+    bad = [f"{Path(p).resolve()}: {r.why}" for p, r in zip(paths, out) if isinstance(r, VideoReadError)]
     if bad:
         raise ValueError("unreadable clip(s): " + "; ".join(bad))
     return [c.float() for c in out]
@@ -181,12 +190,14 @@ def main(argv=None) -> dict:
     size = model.encoder.image_size[0]
     decoder = args.decoder or cfg.data.decoder
     flat = [p for clips in support.clips for p in clips]
+    queries = [Path(q) for q in args.query]
+    decoded = _decode(flat + queries, cfg.data.frames, size, decoder, device)  # one loader for both
     try:
-        sup_clips = load_clips(flat, cfg.data.frames, size, decoder, device)
+        sup_clips = _checked(flat, decoded[: len(flat)])
     except ValueError as exc:
         raise SystemExit(f"error: --support: {exc}") from None
     try:
-        qry_clips = load_clips([Path(q) for q in args.query], cfg.data.frames, size, decoder, device)
+        qry_clips = _checked(queries, decoded[len(flat) :])
     except ValueError as exc:
         raise SystemExit(f"error: --query: {exc}") from None
     feats = encode(model, sup_clips, amp)

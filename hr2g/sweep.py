@@ -37,8 +37,8 @@ class SweepPoint:
     k_shot: int
     q_query: int
     episodes: int
-    accuracy: float  # mean episode accuracy, %
-    ci95: float  # half-width of the 95% confidence interval, %
+    accuracy: float | None  # mean episode accuracy, %; None where no episode could be scored
+    ci95: float | None  # half-width of the 95% confidence interval, %; None with accuracy
     chance: float  # 100 / N, %
     seed: int
     split: str
@@ -46,6 +46,10 @@ class SweepPoint:
 
     def row(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_episode"}
+
+
+class GridError(ValueError):
+    """A grid point that the split cannot sample (too few classes or videos per class)."""
 
 
 def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query: int, split: str) -> dict:
@@ -56,7 +60,7 @@ def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query:
             try:
                 samplers[n, k] = EpisodeSampler.for_dataset(dataset, n, k, q_query, split=split)
             except ValueError as exc:
-                raise ValueError(f"grid point {n}-way {k}-shot cannot be sampled: {exc}") from None
+                raise GridError(f"grid point {n}-way {k}-shot cannot be sampled: {exc}") from None
     return samplers
 
 
@@ -79,13 +83,23 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
              len(needed), len(dataset))
     rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
     if failed:
+        log.warning("%d unreadable videos are replaced by other videos of their class", len(failed))
         for nk in specs:  # the same seeded repair rng per point as evaluate_model: identical episodes
             rng = np.random.default_rng([seed, 1])
-            specs[nk] = repair_episodes(specs[nk], bad, samplers[nk], rng)
-        log.warning("%d unreadable videos were replaced by other videos of their class", len(failed))
+            try:
+                specs[nk] = repair_episodes(specs[nk], bad, samplers[nk], rng)
+            except ValueError as exc:  # this point has no episode left; the others still count
+                log.warning("grid point %d-way %d-shot skipped: %s", *nk, exc)
+                specs[nk] = []
+        if not any(specs.values()):
+            raise ValueError(f"no grid point has an episode left after {len(failed)} unreadable videos "
+                             f"(every class needs {max(k for _, k in specs)} + {q_query} readable videos at the largest shot)")
     text_all = model.text_features(dataset.class_names)  # [classes, C]
     results = []
     for (n, k), ss in tqdm(specs.items(), desc="grid points", disable=not progress, dynamic_ncols=True):
+        if not ss:
+            results.append(SweepPoint(n, k, q_query, 0, None, None, round(100 / n, 2), seed, split, np.zeros(0)))
+            continue
         acc = episode_accuracies(model, feats, rows, ss, text_all, n, k, q_query, batch_episodes, amp)
         point = SweepPoint(n, k, q_query, len(acc), round(100 * float(acc.mean()), 2), round(100 * confidence95(acc), 2),
                            round(100 / n, 2), seed, split, acc)
@@ -101,7 +115,8 @@ def markdown_grid(points: list[SweepPoint]) -> str:
     """Rows N-way, columns K-shot, cells ``accuracy ± ci``."""
     ways = sorted({p.n_way for p in points})
     shots = sorted({p.k_shot for p in points})
-    cell = {(p.n_way, p.k_shot): f"{p.accuracy:.2f} ± {p.ci95:.2f}" for p in points}
+    cell = {(p.n_way, p.k_shot): "no episode" if p.accuracy is None else f"{p.accuracy:.2f} ± {p.ci95:.2f}"
+            for p in points}
     lines = ["| N-way \\ K-shot | " + " | ".join(f"{k}-shot" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for n in ways:
@@ -160,14 +175,18 @@ def main(argv=None) -> list[SweepPoint]:
     try:
         points = sweep(model, dataset, cfg, sorted(set(args.ways)), sorted(set(args.shots)), episodes, seed,
                        q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress)
-    except ValueError as exc:
+    except GridError as exc:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
-    except FloatingPointError as exc:
+    except (ValueError, FloatingPointError) as exc:
         raise SystemExit(f"error: {exc}") from None
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
-    scored = sorted({p.episodes for p in points})  # fewer than asked where unrepairable episodes were dropped
+    # fewer than asked where unrepairable episodes were dropped; 0 at a point with none left
+    scored = sorted({p.episodes for p in points if p.episodes})
     counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"
     per_point = f"{counts} episodes per point" + ("" if scored == [episodes] else f" (of {episodes} drawn)")
+    empty = [f"{p.n_way}-way {p.k_shot}-shot" for p in points if not p.episodes]
+    if empty:
+        per_point += f", no episode left at {', '.join(empty)} (unreadable videos)"
     header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {per_point}, "
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
     paths = write_tables(points, out, header)

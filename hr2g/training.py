@@ -306,14 +306,18 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         with StopSignals() as stop:
             for epoch in range(start_epoch, cfg.train.epochs):
                 model.train()
-                stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True)
+                stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True,
+                                       known=failures)
                 first = start_step if epoch == start_epoch else 0
                 if first == 0:
                     tally.loss, tally.acc = [], []
                 bar = tqdm(episode_loader(stream, first, cfg.data.num_workers), total=steps, initial=first,
                            desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and main), dynamic_ncols=True)
                 for step, (episodes, new_failures) in enumerate(bar, start=first):
-                    failures.update(new_failures)
+                    for key, why in new_failures.items():  # workers report a video each; warn once
+                        if key not in failures:
+                            failures[key] = why
+                            log.warning("skipping unreadable video %s (%s); %d skipped so far", key, why, len(failures))
                     r = train_step(ddp, model, [episode_to(ep, device) for ep in episodes], cfg.data.k_shot, opt, cfg,
                                    base_names, device, dist_info)
                     tally.loss.append(r.loss)

@@ -78,7 +78,7 @@ def test_frame_folders_are_classified_exactly_like_a_model_forward(ckpt, tmp_pat
         assert entry["prediction"] == result["classes"][int(want.argmax())]
 
 
-def test_video_files_of_every_codec_decode_and_classify(ckpt, tmp_path, capsys):
+def test_video_files_of_every_codec_decode_and_classify(ckpt, tmp_path, capsys, caplog):
     support = tmp_path / "support"
     layout = {"brush_hair": [("a.mp4", "h264"), ("b.webm", "vp9")], "jump": [("a", None), ("b.webm", "vp9")],
               "PlayGuitar": [("a.avi", "mpeg4"), ("b.mp4", "h264")]}
@@ -99,7 +99,10 @@ def test_video_files_of_every_codec_decode_and_classify(ckpt, tmp_path, capsys):
     err = lambda frames: (decoded - eval_transform(torch.from_numpy(frames).permute(0, 3, 1, 2), 32)).abs().mean()  # noqa: E731
     assert err(query_frames[idx]) < 0.75 * min(err(query_frames[idx + 1]), err(query_frames[idx - 1]))
 
-    result = predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", str(query), "--device", "cpu"])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hr2g"):
+        result = predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", str(query), "--device", "cpu"])
+    assert caplog.text.count("decoding with") == 1, "support and query clips go through one loader"
     out = capsys.readouterr().out
     assert out.startswith("3-way 2-shot, 1 episode(s) per query") and f"{query}: {result['queries'][0]['prediction']}" in out
     assert sum(result["queries"][0]["scores"].values()) == pytest.approx(1.0, abs=1e-3)

@@ -114,3 +114,37 @@ def test_impossible_grids_stop_with_the_flag_and_the_allowed_range(ckpt, argv, m
 def test_missing_checkpoint_names_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--checkpoint: checkpoint .* does not exist"):
         sweep.main(["--checkpoint", str(tmp_path / "none.pt")])
+
+
+class _HalfUnreadable(SyntheticActions):
+    """The test split with the first 3 of every class's 6 videos unreadable: 1-shot episodes (2
+    videos per class with one query) can be repaired, 3-shot ones (4 per class) cannot."""
+
+    def clip(self, index, train, rng):
+        from hr2g.data.base import VideoReadError
+
+        if index % 6 < 3:
+            raise VideoReadError(f"/data/{self.key(index)}.mp4", "moov atom not found")
+        return super().clip(index, train, rng)
+
+
+def test_a_grid_point_without_episodes_is_reported_and_the_others_still_count(ckpt, tmp_path, capsys, monkeypatch,
+                                                                              caplog):
+    from hr2g import inference
+
+    monkeypatch.setattr(inference, "dataset_from_args",
+                        lambda *a, **k: _HalfUnreadable("test", videos_per_class=6, frames=4, image_size=32))
+    argv = ["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "3", "--episodes", "5", "--out", str(tmp_path),
+            "--no-progress", "--device", "cpu"]
+    points = sweep.main(argv)
+    one, three = points
+    assert (one.k_shot, one.episodes) == (1, 5) and one.accuracy is not None
+    assert (three.k_shot, three.episodes, three.accuracy, three.ci95) == (3, 0, None, None)
+    assert "grid point 5-way 3-shot skipped: test, 5-way 3-shot: every episode has a class with fewer than 4" in caplog.text
+    out = capsys.readouterr().out
+    assert ", 5 episodes per point, no episode left at 5-way 3-shot (unreadable videos)," in out
+    assert "| 5-way | " + f"{one.accuracy:.2f} ± {one.ci95:.2f} | no episode |" in out
+    js = json.loads((tmp_path / "sweep.json").read_text())
+    assert js[1]["episodes"] == 0 and js[1]["accuracy"] is None
+    with pytest.raises(SystemExit, match=r"^error: no grid point has an episode left after 96 unreadable videos"):
+        sweep.main(argv[:5] + ["3"] + argv[7:])

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from hr2g import checkpoint
+from hr2g import checkpoint, training
 from hr2g.data.synthetic import SyntheticActions
 from hr2g.evaluation import evaluate_model, load_model
 from hr2g.training import train
@@ -324,3 +324,40 @@ def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     stored = checkpoint.load(summary["last"])["config"]["data"]
     assert (stored["data_root"], stored["split_dir"]) == (str(tmp_path / "data/hmdb51"), str(tmp_path / "lists"))
     assert json.loads(open(f"{cfg.train.out_dir}/config.json").read())["data"]["data_root"] == str(tmp_path / "data/hmdb51")
+
+
+def test_decoding_workers_warn_once_per_unreadable_video_and_never_retry_a_known_one(tmp_path, monkeypatch, caplog):
+    """Each DataLoader worker found (and warned about) a bad video on its own, every epoch again,
+    with its own "skipped so far" count; the training loop now warns once per video, and later
+    epochs' workers start from the videos already known bad."""
+    from hr2g.data.base import VideoReadError
+
+    real, attempts = SyntheticActions.clip, tmp_path / "attempts.txt"
+
+    def clip(self, index, train, rng):
+        if self.split == "train" and index % 6 == 0:  # one video of every class
+            with open(attempts, "a") as f:  # the workers are other processes: count in a file
+                f.write(f"{self.key(index)}\n")
+            raise VideoReadError(f"/x/{self.key(index)}", "corrupt")
+        return real(self, index, train, rng)
+
+    monkeypatch.setattr(SyntheticActions, "clip", clip)
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes, cfg.data.num_workers = 2, 6, 0, 2
+    lines_at_epoch_start: list[int] = []
+    real_stream = training.EpisodeStream
+
+    def stream(*args, known=None, **kwargs):
+        tried = attempts.read_text().splitlines() if attempts.exists() else []
+        lines_at_epoch_start.append(len(tried))
+        assert set(known or {}) == set(tried), "the bad videos found so far are passed to the new epoch's workers"
+        return real_stream(*args, known=known, **kwargs)
+
+    monkeypatch.setattr(training, "EpisodeStream", stream)
+    with caplog.at_level("WARNING", logger="hr2g.train"):
+        summary = train(cfg, progress=False)
+    tried = attempts.read_text().splitlines()
+    warned = [r.args[0] for r in caplog.records if r.getMessage().startswith("skipping unreadable video")]
+    assert summary["skipped_videos"] == len(set(tried)) > 0 and sorted(warned) == sorted(set(tried))
+    first, second = tried[: lines_at_epoch_start[1]], tried[lines_at_epoch_start[1] :]
+    assert first and not set(first) & set(second), "epoch 2 decoded a video epoch 1 found unreadable"

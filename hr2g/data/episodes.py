@@ -40,6 +40,7 @@ class ReadStats:
 
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason
     bad: set[int] = field(default_factory=set)  # indices of the failed videos in this dataset
+    quiet: bool = False  # True: the caller logs the failures (one warning per video across worker processes)
 
     @property
     def count(self) -> int:
@@ -149,7 +150,8 @@ def _load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeS
                 return dataset.clip(idx, train, rng)
             except VideoReadError as err:
                 stats.failed[dataset.key(idx)] = err.why
-                log.warning("skipping unreadable video %s (%s); %d skipped so far", err.path, err.why, stats.count)
+                if not stats.quiet:
+                    log.warning("skipping unreadable video %s (%s); %d skipped so far", err.path, err.why, stats.count)
                 bad.add(idx)
                 idx = sampler.replacement(label, used, bad, rng)
                 used.add(idx)
@@ -165,7 +167,8 @@ def _load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeS
         if isinstance(r, VideoReadError):
             stats.failed[dataset.key(vids[j])] = r.why
             bad.add(vids[j])
-            log.warning("skipping unreadable video %s (%s); %d skipped so far", r.path, r.why, stats.count)
+            if not stats.quiet:
+                log.warning("skipping unreadable video %s (%s); %d skipped so far", r.path, r.why, stats.count)
         else:
             got[j] = r
     frames = [c if c is not None else read(v, lab) for c, v, lab in zip(got, vids, labels)]

@@ -13,13 +13,20 @@ from hr2g.data.episodes import Episode, EpisodeSampler, ReadStats, load_episode
 
 
 class EpisodeStream(Dataset):
-    """Map-style: item ``step`` -> (episodes of ``slots``, {unreadable key: reason}) for one epoch."""
+    """Map-style: item ``step`` -> (episodes of ``slots``, {unreadable key: reason}) for one epoch.
+
+    Failures are returned, not logged: with decoding workers each process finds a bad video on its
+    own, so the consumer logs each new key once.  ``known`` (key -> reason, from earlier epochs or
+    the checkpoint) are never decoded again, in any worker."""
 
     def __init__(self, dataset: VideoDataset, sampler: EpisodeSampler, seed: int, epoch: int, steps: int,
-                 slots: range = range(1), train: bool = True):
+                 slots: range = range(1), train: bool = True, known: dict[str, str] | None = None):
         self.dataset, self.sampler, self.seed, self.epoch, self.steps = dataset, sampler, seed, epoch, steps
         self.slots, self.train = slots, train
-        self.stats = ReadStats()  # per process: known-bad videos are not decoded twice
+        self.stats = ReadStats(quiet=True)  # per process: known-bad videos are not decoded twice
+        if known:
+            self.stats.failed.update(known)
+            self.stats.bad.update(i for i in range(len(dataset)) if dataset.key(i) in known)
 
     def __len__(self) -> int:
         return self.steps
