@@ -135,6 +135,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         _range("train.gamma", self.gamma, 0.0, 1.0)
+        for m in self.milestones:  # the scheduler counts finished epochs from 1: a milestone 0 never fires
+            _range("train.milestones[]", m, 1, None)
         _range("train.val_episodes", self.val_episodes, 0, None)
         _range("train.test_episodes", self.test_episodes, 0, None)
         _range("train.log_every", self.log_every, 1, None)
@@ -166,7 +168,14 @@ class Config:
     def validate(self) -> "Config":
         for part in (self.model, self.data, self.train, self.eval):
             part.validate()
+        if self.model.metric == "trx" and max(self.model.trx_cardinalities) > self.data.frames:
+            raise ValueError(f"model.trx_cardinalities={self.model.trx_cardinalities}: TRX tuples of a clip's frames "
+                             f"cannot be longer than data.frames={self.data.frames}")
         return self
+
+    def unused_milestones(self) -> tuple[int, ...]:
+        """Milestones at or after the last epoch: the LR never decays there (a shortened run, say)."""
+        return tuple(m for m in self.train.milestones if m >= self.train.epochs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -238,6 +238,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.dumps())
         log.info("resolved config:\n%s", cfg.dumps())
+        if cfg.unused_milestones():
+            log.warning("train.milestones %s: %s at or after the last epoch (train.epochs=%d), so the LR never decays there",
+                        tuple(cfg.train.milestones), cfg.unused_milestones(), cfg.train.epochs)
         log.info("device: %s, world size %d", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dist_info.world)
         for line in backends:
             log.info("backend: %s", line)
@@ -331,6 +334,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                     if n_ckpt and (step + 1) % n_ckpt == 0 and step + 1 < steps:  # mid-epoch safety net
                         checkpoint("last.pt", epoch, step + 1)
                 bar.close()
+                epoch_lr = sched.get_last_lr()[0]  # the LR this epoch trained at (the epoch row's; step() moves on)
                 with warnings.catch_warnings():
                     # resumed after the epoch's last step: this process has not stepped the optimizer,
                     # which torch takes for a wrong call order; the schedule is right (its state was loaded)
@@ -349,7 +353,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                         end = EpochTally([], [], time.time() - t0)
                         save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures, end)
                 if main:
-                    runlog.epoch_row(epoch + 1, np.mean(tally.loss), np.mean(tally.acc), sched.get_last_lr()[0],
+                    runlog.epoch_row(epoch + 1, np.mean(tally.loss), np.mean(tally.acc), epoch_lr,
                                      bank_filled(), len(failures), time.time() - t0, val_acc)
                 tally.loss, tally.acc = [], []
                 checkpoint("last.pt", epoch + 1, 0)

@@ -28,6 +28,10 @@ def test_training_runs_end_to_end_and_fills_the_bank(trained):
     assert ckpt["model"]["ikt.bank"][:filled].abs().sum() > 0
     rows = (open(f"{cfg.train.out_dir}/log.csv").read().strip().splitlines())
     assert rows[0].startswith("epoch,step,loss") and len(rows) == 1 + 2 * 3 + 2
+    # milestone 1: epoch 1 trained at lr, epoch 2 at lr * gamma; an epoch row shows its own epoch's LR
+    # (it showed the next epoch's: the scheduler had stepped before the row was written)
+    lr = [float(r.split(",")[4]) for r in rows[1:]]
+    assert lr == pytest.approx([cfg.train.lr] * 4 + [cfg.train.lr * cfg.train.gamma] * 4)
     assert json.loads(open(f"{cfg.train.out_dir}/config.json").read())["model"]["backbone"] == "tiny"
 
 
@@ -117,6 +121,9 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     (["--ways", "1"], r"data.n_way=1 is outside the allowed range \[2, inf\]"),
     (["--set", "model.nope=1"], r"unknown config field 'model.nope'"),
     (["--set", "data.frames=abc"], r"data.frames='abc': cannot convert"),
+    (["--set", "train.milestones=0,3"], r"train.milestones\[\]=0 is outside the allowed range \[1, inf\]"),
+    (["--set", "model.metric=trx", "--set", "model.trx_cardinalities=2,4", "--set", "data.frames=3"],
+     r"model.trx_cardinalities=\(2, 4\): TRX tuples .* longer than data.frames=3"),
 ])
 def test_bad_config_values_stop_with_a_message_naming_value_and_range(argv, message, capsys):
     from hr2g import train as train_cli
@@ -124,6 +131,14 @@ def test_bad_config_values_stop_with_a_message_naming_value_and_range(argv, mess
     with pytest.raises(SystemExit) as exc:
         train_cli.main(argv + ["--no-progress"])
     assert pytest.importorskip("re").search(message, str(exc.value)), str(exc.value)
+
+
+def test_milestones_past_the_last_epoch_are_warned_about(tmp_path, caplog):
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes, cfg.train.milestones = 1, 1, 0, (1, 3)
+    with caplog.at_level("WARNING", logger="hr2g.train"):
+        train(cfg, progress=False)
+    assert "train.milestones (1, 3): (1, 3) at or after the last epoch (train.epochs=1)" in caplog.text
 
 
 def test_k_larger_than_a_class_stops_with_the_allowed_range(tmp_path):
