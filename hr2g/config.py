@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -73,8 +74,9 @@ class ModelConfig:
 
     @property
     def ikt_topk(self) -> int:
-        """O = round(kappa * G), at least 1."""
-        return max(1, round(self.ikt_kappa * self.ikt_bank_size))
+        """O = round(kappa * G), halves up, at least 1.  (Python's round() takes halves to even:
+        kappa 0.7 at G 15 gave 10 slots, not 11; the 1e-9 keeps 0.7*15 = 10.499999... on the half.)"""
+        return max(1, math.floor(self.ikt_kappa * self.ikt_bank_size + 0.5 + 1e-9))
 
 
 @dataclass
