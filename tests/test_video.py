@@ -98,7 +98,8 @@ def _zero_frame_video(path):
 
 @pytest.mark.parametrize("case, why", [
     ("empty", "empty file"), ("junk", "not a readable video container"), ("zero", "holds no frames"),
-    ("truncated", "not a readable video container"), ("missing", "cannot read the file")])
+    ("truncated", "not a readable video container"), ("missing", "cannot read the file"),
+    ("fourcc", "has no decoder")])
 def test_unreadable_videos_raise_videoreaderror(tmp_path, case, why):
     path = tmp_path / "bad.mp4"
     if case == "empty":
@@ -110,6 +111,9 @@ def test_unreadable_videos_raise_videoreaderror(tmp_path, case, why):
     elif case == "truncated":  # an MP4 cut before its index (moov atom, written last)
         data = write_video(tmp_path / "ok.mp4", frame_pattern(16), "h264").read_bytes()
         path.write_bytes(data[: len(data) // 2])
+    elif case == "fourcc":  # a damaged sample-entry code: PyAV opens the stream without a codec context
+        data = write_video(tmp_path / "ok.mp4", frame_pattern(16), "h264").read_bytes()
+        path.write_bytes(data.replace(b"avc1", b"zq9x"))
     with pytest.raises(VideoReadError, match=why) as err:
         probe_video(path)
     assert err.value.path == str(path)
@@ -283,3 +287,34 @@ def test_decoder_selection_explains_itself(monkeypatch, bench, caplog):
     assert "falls back to PyAV" in caplog.text
     with pytest.raises(ValueError, match="decoder='nvdec' is not allowed"):
         BenchmarkDataset(root, split, decoder="nvdec")
+
+
+def test_an_unexpected_decoder_error_is_that_videos_read_error(bench, monkeypatch):
+    """PyAV raised AttributeError on a fuzzed MP4 (and killed training, evaluate and predict): any
+    error while probing or decoding one file now counts as that file being unreadable."""
+    from hr2g.data import benchmarks
+
+    root, _ = bench
+    ds = BenchmarkDataset(root, read_split(root / "splits" / "train_few_shot.txt"), get_preset("hmdb51"), frames=4,
+                          image_size=32, decoder="pyav")
+    real_probe, real_decode = benchmarks.probe_video, benchmarks.decode_frames
+
+    def probe(path):
+        if str(path).endswith("catch_v1.mp4"):
+            raise AttributeError("'NoneType' object has no attribute 'name'")
+        return real_probe(path)
+
+    def decode(path, idx):
+        if str(path).endswith("catch_v2.mp4"):
+            raise IndexError("list index out of range")
+        return real_decode(path, idx)
+
+    monkeypatch.setattr(benchmarks, "probe_video", probe)
+    monkeypatch.setattr(benchmarks, "decode_frames", decode)
+    keys = [ds.key(i) for i in range(len(ds))]
+    out = ds.clips(list(range(len(ds))), True, np.random.default_rng(0))
+    bad = {k: r.why for k, r in zip(keys, out) if isinstance(r, VideoReadError)}
+    assert bad == {"videos/catch/catch_v1.mp4": "unexpected AttributeError from the decoder: 'NoneType' object has no "
+                                                 "attribute 'name'",
+                   "videos/catch/catch_v2.mp4": "unexpected IndexError from the decoder: list index out of range"}
+    assert all(r.shape == (4, 3, 32, 32) for r in out if not isinstance(r, VideoReadError))

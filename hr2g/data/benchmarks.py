@@ -22,6 +22,7 @@ even where a GPU is visible, and ``cuda:N`` decodes on GPU N rather than on the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -39,6 +40,22 @@ from hr2g.data.video import (FrameFolderInfo, ShortVideo, VideoInfo, decode_fram
                              read_frame_files)
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def one_video(path):
+    """One file never kills a run: a decoder library's unexpected error while probing or decoding
+    ``path`` (PyAV raised AttributeError on a fuzzed MP4's damaged header) becomes the video's
+    VideoReadError -- skipped, counted and listed like any unreadable video."""
+    try:
+        yield
+    except VideoReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- deliberately broad, per video; MemoryError is not per video
+        if isinstance(exc, MemoryError):
+            raise
+        log.debug("unexpected error reading %s", path, exc_info=True)
+        raise VideoReadError(str(path), f"unexpected {type(exc).__name__} from the decoder: {exc}") from None
 
 DECODERS = ("auto", "dali", "pyav")
 
@@ -169,7 +186,8 @@ class BenchmarkDataset(VideoDataset):
     def _info(self, index: int) -> VideoInfo | FrameFolderInfo:
         if index not in self._meta:
             path = self._path(index)
-            self._meta[index] = probe_frame_folder(path) if path.is_dir() else probe_video(path)
+            with one_video(path):
+                self._meta[index] = probe_frame_folder(path) if path.is_dir() else probe_video(path)
         return self._meta[index]
 
     def num_frames(self, index: int) -> int:
@@ -203,14 +221,16 @@ class BenchmarkDataset(VideoDataset):
     def _pyav_raw(self, index: int, idx: np.ndarray, train: bool, rng: np.random.Generator) -> np.ndarray:
         info = self._info(index)
         if isinstance(info, FrameFolderInfo):
-            return read_frame_files(info.files, idx)
+            with one_video(self._path(index)):
+                return read_frame_files(info.files, idx)
         path = str(self._path(index))
-        try:
-            return decode_frames(path, idx)
-        except ShortVideo as short:
-            # the header overstated the length: sample again over the frames that exist
-            self._meta[index] = dataclasses.replace(info, n_frames=short.n_decoded)
-            return decode_frames(path, tsn_indices(short.n_decoded, self.frames, train, rng))
+        with one_video(path):
+            try:
+                return decode_frames(path, idx)
+            except ShortVideo as short:
+                # the header overstated the length: sample again over the frames that exist
+                self._meta[index] = dataclasses.replace(info, n_frames=short.n_decoded)
+                return decode_frames(path, tsn_indices(short.n_decoded, self.frames, train, rng))
 
     def read_raw(self, index: int, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` of video ``index`` through this dataset's decoder, uint8 ``[T, H, W, 3]``."""

@@ -119,6 +119,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             except av.FFmpegError as exc:
                 raise VideoReadError(path, f"cannot demux the video stream ({exc})") from None
         ctx = stream.codec_context
+        if ctx is None:  # a damaged stream header PyAV opens without a decoder (seen in fuzzed H.264 MP4s)
+            raise VideoReadError(path, "the video stream has no decoder (damaged stream header)")
         info = VideoInfo(n, ctx.name or "unknown", int(ctx.width or 0), int(ctx.height or 0))
     finally:
         container.close()
