@@ -32,6 +32,12 @@ class EvalResult:
     skipped_videos: dict[str, str] = field(default_factory=dict)  # unreadable videos: key -> reason
 
 
+class NoEpisodesLeft(ValueError):
+    """Unreadable videos left no episode that can be scored; ``skipped_videos`` lists them."""
+
+    skipped_videos: dict[str, str] = {}
+
+
 def require_finite_logits(logits: torch.Tensor, what: str) -> None:
     """Refuse NaN / inf logits ``[E, L, N]``: their argmax is class 0, so a diverged or corrupt model
     would silently score exactly chance (queries are class-major) and predict the first class."""
@@ -124,7 +130,7 @@ def repair_episodes(specs: list[EpisodeSpec], bad: set[int], sampler: EpisodeSam
         log.warning("%s: %d of %d episodes dropped: a class of theirs has fewer than %d readable videos",
                     what, len(fixed) - len(kept), len(fixed), need)
     if not kept:
-        raise ValueError(f"{what}: every episode has a class with fewer than {need} readable videos")
+        raise NoEpisodesLeft(f"{what}: every episode has a class with fewer than {need} readable videos")
     return kept
 
 
@@ -171,7 +177,11 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
         rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
         if failed:
             rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
-            specs = repair_episodes(specs, bad, sampler, rng)
+            try:
+                specs = repair_episodes(specs, bad, sampler, rng)
+            except NoEpisodesLeft as exc:
+                exc.skipped_videos = failed  # the caller still lists them
+                raise
         text_all = model.text_features(dataset.class_names)  # [classes, C]
         acc = episode_accuracies(model, feats, rows, specs, text_all, n_way, k_shot, q_query, batch_episodes, amp, progress)
         if bank_before is not None and not torch.equal(bank_before, model.ikt.bank):

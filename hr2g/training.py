@@ -197,7 +197,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     it, an ``out_dir`` that already holds a run is refused unless ``overwrite``.
     On SIGINT/SIGTERM: finishes the step, saves ``last.pt`` and raises :class:`TrainingStopped`.
     """
-    from hr2g.evaluation import evaluate_model  # local: evaluation imports training helpers
+    from hr2g.evaluation import NoEpisodesLeft, evaluate_model  # local: evaluation imports training helpers
 
     cfg.validate()
     for key in ("data_root", "split_dir"):  # stored absolute: evaluate / --resume may run from another folder
@@ -340,9 +340,16 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                     # which torch takes for a wrong call order; the schedule is right (its state was loaded)
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                     sched.step()
+                res = None
                 if val_set is not None:
-                    res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
-                                         k_shot=cfg.data.k_shot, progress=False)
+                    try:
+                        res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
+                                             k_shot=cfg.data.k_shot, progress=False)
+                    except NoEpisodesLeft as exc:  # the epoch's training still counts; next epoch tries again
+                        eval_skipped.update(exc.skipped_videos)
+                        val_acc = float("nan")
+                        log.warning("epoch %d: no validation: %s", epoch + 1, exc)
+                if res is not None:
                     val_acc = res.accuracy
                     eval_skipped.update(res.skipped_videos)
                     log.info("epoch %d: train loss %.4f acc %.3f | val %d-way %d-shot acc %.2f ± %.2f%%", epoch + 1,
@@ -370,9 +377,16 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                "seconds": time.time() - t0, "world_size": dist_info.world, "bank_digest": bank_digest(model)}
     if main and failures:
         log.warning("%d unreadable videos were skipped during training: %s", len(failures), ", ".join(list(failures)[:5]))
+    res = None
     if test_set is not None:
-        res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
-                             k_shot=cfg.data.k_shot, progress=False)
+        try:
+            res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
+                                 k_shot=cfg.data.k_shot, progress=False)
+        except NoEpisodesLeft as exc:  # the trained model is saved; say why there is no test figure
+            eval_skipped.update(exc.skipped_videos)
+            summary["test_accuracy"] = None
+            log.warning("no final test: %s", exc)
+    if res is not None:
         eval_skipped.update(res.skipped_videos)
         log.info("novel classes (test split): %d-way %d-shot accuracy %.2f ± %.2f %% over %d episodes (chance %.1f %%)",
                  cfg.data.n_way, cfg.data.k_shot, 100 * res.accuracy, 100 * res.ci95, res.episodes, 100 / cfg.data.n_way)

@@ -376,3 +376,31 @@ def test_decoding_workers_warn_once_per_unreadable_video_and_never_retry_a_known
     assert summary["skipped_videos"] == len(set(tried)) > 0 and sorted(warned) == sorted(set(tried))
     first, second = tried[: lines_at_epoch_start[1]], tried[lines_at_epoch_start[1] :]
     assert first and not set(first) & set(second), "epoch 2 decoded a video epoch 1 found unreadable"
+
+
+def test_a_validation_split_without_scorable_episodes_warns_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    """Every validation episode dropped (a class of each with too few readable videos) raised out of
+    train() after the epoch's steps, before last.pt was written: the epoch was lost."""
+    from hr2g.data.base import VideoReadError
+
+    real = SyntheticActions.clip
+
+    def clip(self, index, train, rng):
+        if self.split in ("val", "test") and index % 6 < 5:  # one readable video per class: 1-shot needs 2
+            raise VideoReadError(f"/x/{self.key(index)}", "corrupt")
+        return real(self, index, train, rng)
+
+    monkeypatch.setattr(SyntheticActions, "clip", clip)
+    cfg = tiny_config(tmp_path)
+    cfg.train.test_episodes = 3
+    with caplog.at_level("WARNING", logger="hr2g.train"):
+        summary = train(cfg, progress=False)
+    assert caplog.text.count("no validation: evaluation, 5-way 1-shot: every episode has a class with fewer than 2") == 2
+    assert "no final test: evaluation, 5-way 1-shot" in caplog.text
+    assert summary["val_accuracy"] is None and summary["best"] is None and summary["test_accuracy"] is None
+    ckpt = checkpoint.load(summary["last"])
+    assert (ckpt["epoch"], ckpt["step"]) == (cfg.train.epochs, 0)
+    rows = open(f"{cfg.train.out_dir}/log.csv").read().splitlines()
+    assert len(rows) == 1 + 2 * 4 and rows[4].split(",")[-1] == rows[8].split(",")[-1] == ""  # epoch rows: no val
+    listed = json.loads(open(f"{cfg.train.out_dir}/unreadable_videos.json").read())
+    assert summary["skipped_videos"] == len(listed) and any("/val/" in k for k in listed) and any("/test/" in k for k in listed)
