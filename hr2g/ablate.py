@@ -174,7 +174,7 @@ def run_variant(base: Config, study: Study, variant: Variant, out: Path, episode
     best = run_dir / "best.pt"
     path = best if cfg.train.val_episodes > 0 and best.exists() else run_dir / "last.pt"
     device = resolve_device(cfg.train.device)
-    model, _ = load_model(checkpoint.load(path), device)
+    model, _ = load_model(checkpoint.load(path), device, path)
     res = evaluate_model(model, build_dataset(cfg.data, "test", device), cfg, episodes=episodes, seed=cfg.eval.seed,
                          k_shot=cfg.data.k_shot, progress=progress)
     trainable = sum(p.numel() for p in model.trainable_parameters())

@@ -50,3 +50,29 @@ def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dic
         if key not in ckpt:
             raise ValueError(f"checkpoint {str(path)!r} has no {key!r} entry: not an hr2g checkpoint")
     return ckpt
+
+
+def config_of(ckpt: dict, path) -> "Config":  # noqa: F821
+    """The checkpoint's Config; ValueError naming the file if this version of hr2g cannot read it."""
+    from hr2g.config import Config
+
+    try:
+        return Config.from_dict(ckpt["config"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r}: its config does not load in this version of hr2g ({exc})") from None
+
+
+def load_weights(model: torch.nn.Module, state: dict, path, built_from: str = "its config builds") -> None:
+    """``model.load_state_dict(state)``, or a ValueError that names the file and says in one line
+    which entries are missing, unexpected or of another shape (torch's message lists them all)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+             for what, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+    if parts:
+        raise ValueError(f"checkpoint {str(path)!r}: its weights do not fit the model {built_from}: "
+                         f"{'; '.join(parts)}")
+    model.load_state_dict(state)

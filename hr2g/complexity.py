@@ -331,7 +331,7 @@ def build(args: argparse.Namespace) -> tuple[HR2G, object]:
         from hr2g.evaluation import load_model
 
         try:
-            model, cfg = load_model(checkpoint.load(args.checkpoint), torch.device("cpu"))
+            model, cfg = load_model(checkpoint.load(args.checkpoint), torch.device("cpu"), args.checkpoint)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"error: --checkpoint: {exc}") from None
     else:

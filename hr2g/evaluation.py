@@ -191,10 +191,14 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
     return EvalResult(float(acc.mean()), confidence95(acc), len(acc), acc, failed)
 
 
-def load_model(checkpoint: dict, device: torch.device) -> tuple[HR2G, Config]:
-    cfg = Config.from_dict(checkpoint["config"])
+def load_model(ckpt: dict, device: torch.device, path: str = "?") -> tuple[HR2G, Config]:
+    """The model and config of a loaded checkpoint (``path``: named in errors).  ValueError if this
+    version of hr2g cannot rebuild it."""
+    from hr2g.checkpoint import config_of, load_weights
+
+    cfg = config_of(ckpt, path)
     # the checkpoint holds every weight, frozen CLIP included: build the tower with random init
     # instead of loading (offline: failing to download) pretrained weights only to overwrite them
     model = HR2G(dataclasses.replace(cfg.model, pretrained=None), cfg.data.frames)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), cfg

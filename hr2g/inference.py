@@ -44,11 +44,10 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
     from hr2g.training import backend_report, resolve_device
 
     device = resolve_device(args.device)
-    try:
-        ckpt = checkpoint.load(args.checkpoint)
+    try:  # random-init CLIP, then the checkpoint's weights: nothing to download
+        model, cfg = load_model(checkpoint.load(args.checkpoint), device, args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --checkpoint: {exc}") from None
-    model, cfg = load_model(ckpt, device)  # random-init CLIP, then the checkpoint's weights: nothing to download
     if args.fused or args.backend:
         flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
         try:  # a backend that cannot run here fails now, not after every video has been encoded
@@ -64,6 +63,10 @@ def dataset_from_args(cfg: Config, args: argparse.Namespace, device: torch.devic
     applied, decoded for ``device`` (the model's)."""
     from hr2g.data.build import build_dataset
 
+    if cfg.data.dataset == "synthetic" and (args.data_root or args.split_dir):  # else silently ignored
+        flag = "--data-root" if args.data_root else "--split-dir"
+        raise SystemExit(f"error: {flag}: the checkpoint was trained on the synthetic dataset, which is generated, not "
+                         "read; a benchmark needs a model trained on it (python -m hr2g.train --dataset NAME)")
     for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir)):
         if val:
             setattr(cfg.data, key, val)

@@ -40,10 +40,9 @@ def resume_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, str | 
     if args.resume == "auto" and not path.exists():
         return cfg, "auto"  # nothing to resume: train() starts afresh and says so
     try:
-        saved = checkpoint.load(path, mmap=True)["config"]
+        base = checkpoint.config_of(checkpoint.load(path, mmap=True), path)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --resume: {exc}") from None
-    base = Config.from_dict(saved)
     base.train.out_dir = str(path.parent)  # --out (in args.overrides) still wins
     return config_from_args(args, base=base), str(path)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hr2g import _dispatch
-from hr2g.checkpoint import load, save_atomic
+from hr2g.checkpoint import config_of, load, load_weights, save_atomic
 from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
@@ -218,7 +218,14 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
             log.info("--resume auto: no %s yet, starting fresh", path)
         else:
             ckpt = load(path)
-            changed = [d for d in Config.from_dict(ckpt["config"]).diff(cfg) if not d.startswith("train.out_dir:")]
+            need = [k for k in ("epoch", "step", "best_val", "optimizer", "scheduler") if k not in ckpt]
+            if need:
+                raise SetupError(f"checkpoint {str(path)!r} has no {', '.join(need)}: not a training checkpoint "
+                                 "(--resume takes the last.pt or best.pt that hr2g.train writes)")
+            try:
+                changed = [d for d in config_of(ckpt, path).diff(cfg) if not d.startswith("train.out_dir:")]
+            except ValueError as exc:
+                raise SetupError(str(exc)) from None
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
@@ -236,7 +243,6 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
             f.unlink()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.dumps())
         log.info("resolved config:\n%s", cfg.dumps())
         if cfg.unused_milestones():
             log.warning("train.milestones %s: %s at or after the last epoch (train.epochs=%d), so the LR never decays there",
@@ -269,15 +275,20 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     start_epoch, start_step, best, failures = 0, 0, -1.0, {}
     tally = EpochTally([], [], 0.0)
     if ckpt is not None:
+        try:  # a --set that changes the model (model.ikt=false, adapter_dim) cannot continue this run
+            load_weights(model, ckpt["model"], path, "these settings build")
+        except ValueError as exc:
+            raise SetupError(f"{exc}; start a new run (another --out) for settings that change the model") from None
         try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path} does not fit the model these settings build ({exc})") from None
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise SetupError(f"checkpoint {str(path)!r}: its optimizer state does not fit this model ({exc})") from None
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         failures = dict(ckpt.get("read_failures", {}))
         tally = EpochTally(**ckpt.get("epoch_tally", dataclasses.asdict(tally)))
+    if main:  # after the checkpoint fits: a refused --resume leaves the run's config.json as it was
+        (out / "config.json").write_text(cfg.dumps())
     ddp = model
     if dist_info.enabled:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -166,3 +166,43 @@ def test_missing_clip_weights_name_the_file_to_pass():
 
     with pytest.raises(RuntimeError, match=r"--set model.pretrained=/path/to/open_clip_RN50\.pt"):
         CLIPEncoder(ModelConfig(backbone="RN50", pretrained="no_such_tag"))
+
+
+def test_resume_with_settings_that_change_the_model_is_refused_and_leaves_the_run_as_it_was(run):
+    """A traceback, and config.json rewritten to settings last.pt does not hold."""
+    before = (run / "config.json").read_text()
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*last.pt'?: its weights do not fit the model these "
+                                         r"settings build: \d+ unexpected \(ikt\..*; start a new run"):
+        train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--epochs", "2", "--set", "model.ikt=false"])
+    with pytest.raises(SystemExit, match=r"of another shape \(.*down.weight \(16, 64\) vs \(3, 64\)"):
+        train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--set", "model.adapter_dim=3"])
+    assert (run / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["config"]["model"].update(bogus_field=1), r"its config does not load in this version of hr2g \(.*bogus_field"),
+    (lambda c: c["model"].pop("ikt.bank_filled"), r"its weights do not fit .*: 1 missing \(ikt.bank_filled\)"),
+    (lambda c: c["config"]["model"].update(adapter_dim=5), r"its weights do not fit .*of another shape"),
+])
+def test_a_checkpoint_this_version_cannot_rebuild_is_one_error_line(run, tmp_path, edit, message):
+    ckpt = checkpoint.load(run / "last.pt")
+    edit(ckpt)
+    checkpoint.save_atomic(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(SystemExit, match=r"^error: --checkpoint: checkpoint .*edited.pt'?: " + message):
+        evaluate_cli.main(["--checkpoint", str(tmp_path / "edited.pt"), "--episodes", "2", "--no-progress"])
+    if "bogus" in message:
+        with pytest.raises(SystemExit, match=r"^error: --resume: checkpoint .*" + message):
+            train_cli.main(["--no-progress", "--resume", str(tmp_path / "edited.pt")])
+
+
+def test_a_weights_only_checkpoint_is_not_resumable(run, tmp_path):
+    ckpt = checkpoint.load(run / "last.pt")
+    checkpoint.save_atomic({"config": ckpt["config"], "model": ckpt["model"]}, tmp_path / "weights.pt")
+    with pytest.raises(SystemExit, match=r"has no epoch, step, best_val, optimizer, scheduler: not a training checkpoint"):
+        train_cli.main(["--no-progress", "--resume", str(tmp_path / "weights.pt")])
+
+
+def test_a_data_root_for_a_synthetic_checkpoint_is_refused_not_ignored(run, tmp_path):
+    """evaluate / sweep reported synthetic accuracy for --data-root /my/hmdb51."""
+    with pytest.raises(SystemExit, match=r"^error: --data-root: the checkpoint was trained on the synthetic dataset"):
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--data-root", str(tmp_path), "--no-progress"])
