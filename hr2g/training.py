@@ -316,6 +316,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     val_acc = float("nan")
     eval_skipped: dict[str, str] = {}  # unreadable val / test videos (this process), listed with the training ones
     n_log, n_ckpt = cfg.train.log_every, cfg.train.checkpoint_every
+    warned_exhausted: set[str] = set()
     try:
         with StopSignals() as stop:
             for epoch in range(start_epoch, cfg.train.epochs):
@@ -327,11 +328,15 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
                     tally.loss, tally.acc = [], []
                 bar = tqdm(episode_loader(stream, first, cfg.data.num_workers), total=steps, initial=first,
                            desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and main), dynamic_ncols=True)
-                for step, (episodes, new_failures) in enumerate(bar, start=first):
-                    for key, why in new_failures.items():  # workers report a video each; warn once
+                for step, (episodes, news) in enumerate(bar, start=first):
+                    for key, why in news.failed.items():  # workers report a video each: warn once
                         if key not in failures:
                             failures[key] = why
                             log.warning("skipping unreadable video %s (%s); %d skipped so far", key, why, len(failures))
+                    for name in news.exhausted - warned_exhausted:
+                        warned_exhausted.add(name)
+                        log.warning("train: class %r has too few readable videos left; episodes with it are drawn "
+                                    "again", name)
                     r = train_step(ddp, model, [episode_to(ep, device) for ep in episodes], cfg.data.k_shot, opt, cfg,
                                    base_names, device, dist_info)
                     tally.loss.append(r.loss)

@@ -77,14 +77,46 @@ def _episode_with_bad_class0(sampler):
     return next(sp for sp in sampler.fixed(50, 0) if 0 in sp.classes and {0, 1, 2} & set(sp.support.tolist() + sp.query.tolist()))
 
 
-def test_a_class_without_enough_readable_videos_is_retired_and_the_episode_redrawn(caplog):
+def test_an_episode_with_a_class_without_enough_readable_videos_is_drawn_again(caplog):
     ds = FlakyDataset(bad={0, 1, 2}, classes=6)  # class 0 keeps one readable video: not enough for 1-shot + 1 query
     s = EpisodeSampler(ds.labels, n_way=5, k_shot=1, q_query=1, split="train")
-    ep = load_episode(ds, s, _episode_with_bad_class0(s), True, np.random.default_rng(0), ReadStats())
+    stats = ReadStats()
+    ep = load_episode(ds, s, _episode_with_bad_class0(s), True, np.random.default_rng(0), stats)
     assert 0 not in ep.classes.tolist() and len(ep.classes) == 5
-    assert 0 not in s.classes.tolist() and "class 'c0' has too few readable videos left" in caplog.text
+    assert stats.exhausted == {"c0"} and "class 'c0' has too few readable videos left" in caplog.text
     rng = np.random.default_rng(1)
-    assert all(0 not in s.sample(rng).classes for _ in range(20))
+    reads = len(ds.reads)
+    eps = [load_episode(ds, s, s.sample(rng), True, rng, stats) for _ in range(20)]
+    assert all(0 not in e.classes.tolist() for e in eps)
+    assert not {0, 1, 2} & set(ds.reads[reads:]), "a class known exhausted was decoded again"
+    assert caplog.text.count("too few readable videos left") == 1
+
+
+def test_episodes_do_not_depend_on_which_bad_videos_a_process_knew():
+    """DataLoader workers and resumed runs each learn which videos are bad on their own: what an
+    episode holds (videos, frames, augmentation) must not depend on it."""
+    from hr2g.data.base import VideoReadError
+
+    class Shifting(FlakyDataset):  # the clip's values come from its rng: a draw shows in the output
+        def clip(self, i, train, rng):
+            self.reads.append(i)
+            if i in self.bad:
+                raise VideoReadError(f"/data/v{i}.mp4", "corrupt")
+            return torch.full((2, 3, 4, 4), float(i)) + torch.from_numpy(rng.random((2, 1, 1, 1))).float()
+
+    bad = {0, 1, 2, 5, 9}  # class 0: one readable video (exhausted), classes 1 and 2 one bad each
+    s = EpisodeSampler(np.repeat(np.arange(6), 4), n_way=4, k_shot=1, q_query=2, split="train")
+
+    def run(stats, steps):
+        return [load_episode(Shifting(bad, classes=6), s, s.sample(r), True, r, stats)
+                for r in (np.random.default_rng([7, step]) for step in steps)]
+
+    fresh = [run(ReadStats(), [step])[0] for step in range(12)]  # a new process per episode
+    warm = ReadStats()
+    run(warm, range(12, 30))  # this process has met the bad videos (and class 0) before
+    assert warm.bad == bad and warm.exhausted == {"c0"}
+    for a, b in zip(fresh, run(warm, range(12))):
+        assert torch.equal(a.classes, b.classes) and torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
 
 
 def test_too_few_classes_left_is_a_clear_error():

@@ -404,3 +404,32 @@ def test_a_validation_split_without_scorable_episodes_warns_and_training_goes_on
     assert len(rows) == 1 + 2 * 4 and rows[4].split(",")[-1] == rows[8].split(",")[-1] == ""  # epoch rows: no val
     listed = json.loads(open(f"{cfg.train.out_dir}/unreadable_videos.json").read())
     assert summary["skipped_videos"] == len(listed) and any("/val/" in k for k in listed) and any("/test/" in k for k in listed)
+
+
+def test_unreadable_videos_do_not_make_the_run_depend_on_workers_or_resuming(tmp_path, monkeypatch):
+    """Each decoding worker (and a resumed run) learns which videos are bad on its own; a failed
+    decode used to consume the episode's draws where a known-bad skip did not, and a class that ran
+    out of videos was retired from one process's sampler only.  The weights now come out the same."""
+    from hr2g.data.base import VideoReadError
+
+    real = SyntheticActions.clip
+
+    def clip(self, index, train, rng):
+        if self.split == "train" and (index < 6 or index % 6 == 3):  # class 0 all bad, one more per class
+            rng.random(3)  # a decode that fails late, after drawing its frames
+            raise VideoReadError(f"/x/{self.key(index)}", "corrupt")
+        return real(self, index, train, rng)
+
+    monkeypatch.setattr(SyntheticActions, "clip", clip)
+
+    def run(name, workers, epochs, resume=None):
+        cfg = tiny_config(tmp_path / name)
+        cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes = epochs, 4, 0
+        cfg.train.checkpoint_every, cfg.data.num_workers = 0, workers
+        return train(cfg, resume=resume, progress=False)
+
+    base = checkpoint.load(run("inline", 0, 2)["last"])["model"]
+    for other in (checkpoint.load(run("workers", 2, 2)["last"])["model"],
+                  (run("resumed", 2, 1), checkpoint.load(run("resumed", 0, 2, resume="auto")["last"])["model"])[1]):
+        for k in base:
+            assert torch.equal(base[k], other[k]), k

@@ -21,6 +21,15 @@ class VideoReadError(RuntimeError):
         self.why = why
 
 
+def per_video(rng: np.random.Generator | list[np.random.Generator], n: int) -> list[np.random.Generator]:
+    """``clips``' ``rng`` as one generator per video (the shared one repeated: draws stay in order)."""
+    if isinstance(rng, (list, tuple)):
+        if len(rng) != n:
+            raise ValueError(f"clips: {len(rng)} generators for {n} videos")
+        return list(rng)
+    return [rng] * n
+
+
 class VideoDataset(abc.ABC):
     """One split of a labelled video dataset."""
 
@@ -42,13 +51,15 @@ class VideoDataset(abc.ABC):
         crop, deterministic.  Raises ``VideoReadError`` when the video cannot be read.
         """
 
-    def clips(self, indices: list[int], train: bool, rng: np.random.Generator) -> list[torch.Tensor | VideoReadError]:
+    def clips(self, indices: list[int], train: bool,
+              rng: np.random.Generator | list[np.random.Generator]) -> list[torch.Tensor | VideoReadError]:
         """Several clips at once: each entry the clip of ``indices[k]`` or the VideoReadError that
-        stopped it.  Decoders that batch (DALI: one pipeline run per episode) override this."""
+        stopped it; ``rng`` one generator for all, or one per video.  Decoders that batch (DALI: one
+        pipeline run per episode) override this."""
         out: list[torch.Tensor | VideoReadError] = []
-        for i in indices:
+        for i, r in zip(indices, per_video(rng, len(indices))):
             try:
-                out.append(self.clip(int(i), train, rng))
+                out.append(self.clip(int(i), train, r))
             except VideoReadError as err:
                 out.append(err)
         return out

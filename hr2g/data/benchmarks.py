@@ -23,7 +23,6 @@ even where a GPU is visible, and ``cuda:N`` decodes on GPU N rather than on the 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hr2g.data.base import VideoDataset, VideoReadError, tsn_indices
+from hr2g.data.base import VideoDataset, VideoReadError, per_video, tsn_indices
 from hr2g.data.presets import (DEFAULT_SPLIT_SUBDIR, DatasetPreset, find_annotation_files, find_label_file,
                                 find_split_file, get_preset)
 from hr2g.data.splits import Split, locate_videos, read_split, validate_root
@@ -131,6 +130,7 @@ class BenchmarkDataset(VideoDataset):
         self.class_names = list(split.class_names)
         self.labels = split.labels
         self._meta: dict[int, VideoInfo | FrameFolderInfo] = {}  # probed once per video and process
+        self._decoded_frames: dict[int, int] = {}  # videos whose header overstates their length: frames there
         self._backend: tuple[int, str, object] | None = None  # (pid, "pyav"|"dali", DaliReader|None)
         self._warned_codecs: set[str] = set()
         self.dali_fallbacks = 0  # videos DALI failed on and PyAV / PIL was asked instead (this process)
@@ -191,10 +191,14 @@ class BenchmarkDataset(VideoDataset):
         return self._meta[index]
 
     def num_frames(self, index: int) -> int:
-        return self._info(index).n_frames
+        """Frames of video ``index``: its header's count, or the frames that decode once a decode
+        found the header overstating it."""
+        return self._decoded_frames.get(index, self._info(index).n_frames)
 
     def frame_indices(self, index: int, train: bool, rng: np.random.Generator) -> np.ndarray:
-        return tsn_indices(self.num_frames(index), self.frames, train, rng)
+        # the header's count even where it is known to overstate: the first draw is the same in
+        # every process (the decode draws again over the frames that exist)
+        return tsn_indices(self._info(index).n_frames, self.frames, train, rng)
 
     # ---------------------------------------------------------------- decoding
 
@@ -225,11 +229,15 @@ class BenchmarkDataset(VideoDataset):
                 return read_frame_files(info.files, idx)
         path = str(self._path(index))
         with one_video(path):
+            if index in self._decoded_frames:  # known short: skip the decode that would stop early
+                return decode_frames(path, tsn_indices(self._decoded_frames[index], self.frames, train, rng))
             try:
                 return decode_frames(path, idx)
             except ShortVideo as short:
-                # the header overstated the length: sample again over the frames that exist
-                self._meta[index] = dataclasses.replace(info, n_frames=short.n_decoded)
+                # the header overstated the length: sample again over the frames that exist.  The
+                # header's count stays the one the first draw uses, so a clip's draws do not depend
+                # on whether this process has met the video before (workers, resumed runs)
+                self._decoded_frames[index] = short.n_decoded
                 return decode_frames(path, tsn_indices(short.n_decoded, self.frames, train, rng))
 
     def read_raw(self, index: int, indices: np.ndarray) -> torch.Tensor:
@@ -256,6 +264,8 @@ class BenchmarkDataset(VideoDataset):
                         "dataset.dali_fallbacks)", reader.device, err.path, err.why)
 
     def _dali_can_read(self, index: int, reader) -> bool:
+        if index in self._decoded_frames:  # short of its header: PyAV samples the frames that exist
+            return False
         info = self._info(index)
         if isinstance(info, FrameFolderInfo) or info.codec in reader.codecs:
             return True
@@ -279,16 +289,19 @@ class BenchmarkDataset(VideoDataset):
             raise out
         return out
 
-    def clips(self, indices: list[int], train: bool, rng: np.random.Generator) -> list[torch.Tensor | VideoReadError]:
+    def clips(self, indices: list[int], train: bool,
+              rng: np.random.Generator | list[np.random.Generator]) -> list[torch.Tensor | VideoReadError]:
         """Several clips in one go (one DALI run for all of them): each entry the clip of
-        ``indices[k]`` or the VideoReadError that stopped it.  The rng draws all TSN indices first,
-        then the augmentations, in order (a single clip: the same draws as :meth:`clip`)."""
+        ``indices[k]`` or the VideoReadError that stopped it.  ``rng``: one generator, which draws
+        all TSN indices first, then the augmentations, in order (a single clip: the same draws as
+        :meth:`clip`); or one per video, each drawing that video's only."""
         backend, reader = self._reader()
+        rngs = per_video(rng, len(indices))
         out: dict[int, torch.Tensor | VideoReadError] = {}
         plan: list[tuple[int, np.ndarray]] = []
         for k, i in enumerate(indices):
             try:
-                plan.append((k, self.frame_indices(int(i), train, rng)))
+                plan.append((k, self.frame_indices(int(i), train, rngs[k])))
             except VideoReadError as err:
                 out[k] = err
         dali_videos, dali_frames, retried = [], [], set()
@@ -300,7 +313,7 @@ class BenchmarkDataset(VideoDataset):
                 (dali_frames if isinstance(self._info(i), FrameFolderInfo) else dali_videos).append((k, idx))
                 continue
             try:
-                out[k] = torch.from_numpy(self._pyav_raw(i, idx, train, rng)).to(device)
+                out[k] = torch.from_numpy(self._pyav_raw(i, idx, train, rngs[k])).to(device)
             except VideoReadError as err:
                 out[k] = err
         mode = "raw" if train else "test"
@@ -318,7 +331,7 @@ class BenchmarkDataset(VideoDataset):
                     self._note_dali_failure(out[k], reader)
                     retried.add(k)
                     try:
-                        out[k] = torch.from_numpy(self._pyav_raw(int(indices[k]), idx, train, rng)).to(device)
+                        out[k] = torch.from_numpy(self._pyav_raw(int(indices[k]), idx, train, rngs[k])).to(device)
                     except VideoReadError as err:
                         out[k] = err
         # DALI's test output is already resized, cropped and normalised
@@ -326,5 +339,5 @@ class BenchmarkDataset(VideoDataset):
         result: list[torch.Tensor | VideoReadError] = []
         for k in range(len(indices)):
             r = out[k]
-            result.append(r if isinstance(r, VideoReadError) or k in done else self._finish(r, train, rng))
+            result.append(r if isinstance(r, VideoReadError) or k in done else self._finish(r, train, rngs[k]))
         return result

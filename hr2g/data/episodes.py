@@ -41,6 +41,7 @@ class ReadStats:
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason
     bad: set[int] = field(default_factory=set)  # indices of the failed videos in this dataset
     quiet: bool = False  # True: the caller logs the failures (one warning per video across worker processes)
+    exhausted: set[str] = field(default_factory=set)  # classes with too few readable videos for an episode
 
     @property
     def count(self) -> int:
@@ -91,13 +92,6 @@ class EpisodeSampler:
         """A sampler over ``dataset``'s videos that exist (``dataset.unavailable`` excluded)."""
         return cls(dataset.labels, n_way, k_shot, q_query, split, exclude=dataset.unavailable)
 
-    def retire(self, label: int) -> None:
-        """Stop drawing class ``label`` (its readable videos ran out); refuses when fewer than N remain."""
-        self.classes = self.classes[self.classes != label]
-        if len(self.classes) < self.n_way:
-            raise ValueError(f"{self.split}: only {len(self.classes)} classes keep >= {self.k_shot + self.q_query} readable "
-                             f"videos, fewer than n_way={self.n_way}: too many unreadable videos (see the warnings)")
-
     def sample(self, rng: np.random.Generator) -> EpisodeSpec:
         classes = rng.choice(self.classes, size=self.n_way, replace=False)
         sup, qry = [], []
@@ -112,6 +106,10 @@ class EpisodeSampler:
         rng = np.random.default_rng(seed)
         return [self.sample(rng) for _ in range(count)]
 
+    def videos_of(self, label: int) -> np.ndarray:
+        """The videos episodes draw for class ``label`` (those found on disk)."""
+        return self._by_class[int(label)]
+
     def replacement(self, label: int, exclude: set[int], bad: set[int], rng: np.random.Generator) -> int:
         pool = [int(v) for v in self._by_class[int(label)] if int(v) not in exclude and int(v) not in bad]
         if not pool:
@@ -119,41 +117,74 @@ class EpisodeSampler:
         return int(rng.choice(pool))
 
 
+# attempts at one training episode before giving up: redraws skip episodes with a class known to
+# be exhausted at the cost of one sample() (~10 us), so this bounds a pathological split, not a slow one
+MAX_ATTEMPTS = 10_000
+
+
 def load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSpec, train: bool,
                  rng: np.random.Generator, stats: ReadStats | None = None) -> Episode:
     """Decode an episode's clips; an unreadable video is logged, counted in ``stats`` and replaced
-    by another video of the same class.  A class left without enough readable videos is retired
-    from ``sampler`` and a new episode is drawn in its place."""
+    by another video of the same class.  An episode with a class left without enough readable
+    videos is drawn again (the class is reported once in ``stats.exhausted``).
+
+    What comes out depends on ``rng`` and on which videos are unreadable, never on which of them
+    this process already knew about (DataLoader workers and resumed runs each learn on their own):
+    every clip draws its frames and augmentation from its own generator, a replacement is drawn
+    from the class's untried videos (a known-bad draw is skipped, not decoded: the same outcome
+    as trying it), and a redrawn episode comes from a generator of its attempt number.
+    """
     stats = stats if stats is not None else ReadStats()  # one ReadStats per dataset
-    while True:
+    seed = int(rng.integers(2**63))  # the only draw from the caller's rng
+    for attempt in range(MAX_ATTEMPTS):
+        arng = np.random.default_rng([seed, attempt])
+        if attempt:
+            spec = sampler.sample(arng)
         try:
-            return _load_episode(dataset, sampler, spec, train, rng, stats)
+            return _load_episode(dataset, sampler, spec, train, arng, stats)
         except ClassExhausted as exc:
-            log.warning("%s: class %r has too few readable videos left; no longer sampled", sampler.split,
-                        dataset.class_names[exc.label])
-            sampler.retire(exc.label)
-            spec = sampler.sample(rng)
+            name = dataset.class_names[exc.label]
+            if name not in stats.exhausted:
+                stats.exhausted.add(name)
+                if not stats.quiet:
+                    log.warning("%s: class %r has too few readable videos left; no longer sampled", sampler.split, name)
+            left = len(sampler.classes) - len(stats.exhausted)
+            if left < sampler.n_way:
+                raise ValueError(f"{sampler.split}: only {left} classes keep >= {sampler.k_shot + sampler.q_query} "
+                                 f"readable videos, fewer than n_way={sampler.n_way}: too many unreadable videos "
+                                 "(see the warnings)") from None
+    raise ValueError(f"{sampler.split}: no episode without an exhausted class in {MAX_ATTEMPTS} draws "
+                     f"({len(stats.exhausted)} of {len(sampler.classes)} classes have too few readable videos)")
 
 
 def _load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeSpec, train: bool,
                   rng: np.random.Generator, stats: ReadStats) -> Episode:
     bad = stats.bad
+    clip_seed = int(rng.integers(2**63))
+
+    def clip_rng(idx: int) -> np.random.Generator:  # a clip's draws: its own, whatever else is decoded
+        return np.random.default_rng([clip_seed, idx])
+
+    need = len(spec.support) // len(spec.classes) + len(spec.query) // len(spec.classes)
+    for c in spec.classes:  # known too few: fail now, as decoding would later (no decode wasted)
+        if sum(int(v) not in bad for v in sampler.videos_of(int(c))) < need:
+            raise ClassExhausted(int(c))
     used = set(int(v) for v in np.concatenate([spec.support, spec.query]))
 
     def read(idx: int, label: int) -> torch.Tensor:
         while True:
-            if idx in bad:  # known unreadable: do not pay for a second failed decode
-                idx = sampler.replacement(label, used, bad, rng)
+            if idx in bad:  # known unreadable: no second failed decode; the next draw as if it failed
+                idx = sampler.replacement(label, used, set(), rng)
                 used.add(idx)
                 continue
             try:
-                return dataset.clip(idx, train, rng)
+                return dataset.clip(idx, train, clip_rng(idx))
             except VideoReadError as err:
                 stats.failed[dataset.key(idx)] = err.why
                 if not stats.quiet:
                     log.warning("skipping unreadable video %s (%s); %d skipped so far", err.path, err.why, stats.count)
                 bad.add(idx)
-                idx = sampler.replacement(label, used, bad, rng)
+                idx = sampler.replacement(label, used, set(), rng)
                 used.add(idx)
 
     k, q = len(spec.support) // len(spec.classes), len(spec.query) // len(spec.classes)
@@ -163,7 +194,7 @@ def _load_episode(dataset: VideoDataset, sampler: EpisodeSampler, spec: EpisodeS
     # which records them and draws replacements
     todo = [j for j, v in enumerate(vids) if v not in bad]
     got: list[torch.Tensor | None] = [None] * len(vids)
-    for j, r in zip(todo, dataset.clips([vids[j] for j in todo], train, rng)):
+    for j, r in zip(todo, dataset.clips([vids[j] for j in todo], train, [clip_rng(vids[j]) for j in todo])):
         if isinstance(r, VideoReadError):
             stats.failed[dataset.key(vids[j])] = r.why
             bad.add(vids[j])

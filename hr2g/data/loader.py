@@ -1,8 +1,11 @@
 """Training episode stream: the episode in slot ``slot`` of step ``step`` of ``epoch`` is a pure
-function of (seed, epoch, step, slot), so a run resumed mid-epoch sees exactly the episodes it
-would have seen, with any number of decoding workers, and ``W`` DDP ranks (rank r takes its share
-of the slots) see exactly the episodes of one process taking all slots."""
+function of (seed, epoch, step, slot) and of which videos are unreadable (not of which a process
+has met: see :func:`hr2g.data.episodes.load_episode`), so a run resumed mid-epoch sees exactly the
+episodes it would have seen, with any number of decoding workers, and ``W`` DDP ranks (rank r
+takes its share of the slots) see exactly the episodes of one process taking all slots."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,11 +15,20 @@ from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import Episode, EpisodeSampler, ReadStats, load_episode
 
 
+@dataclass
+class ReadNews:
+    """What one step's decoding learned: unreadable videos (key -> reason) and classes left with
+    too few readable videos for an episode (names)."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+    exhausted: set[str] = field(default_factory=set)
+
+
 class EpisodeStream(Dataset):
-    """Map-style: item ``step`` -> (episodes of ``slots``, {unreadable key: reason}) for one epoch.
+    """Map-style: item ``step`` -> (episodes of ``slots``, what their decoding learned) for one epoch.
 
     Failures are returned, not logged: with decoding workers each process finds a bad video on its
-    own, so the consumer logs each new key once.  ``known`` (key -> reason, from earlier epochs or
+    own, so the consumer logs each new one once.  ``known`` (key -> reason, from earlier epochs or
     the checkpoint) are never decoded again, in any worker."""
 
     def __init__(self, dataset: VideoDataset, sampler: EpisodeSampler, seed: int, epoch: int, steps: int,
@@ -31,14 +43,14 @@ class EpisodeStream(Dataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, step: int) -> tuple[list[Episode], dict[str, str]]:
-        before = set(self.stats.failed)
+    def __getitem__(self, step: int) -> tuple[list[Episode], ReadNews]:
+        before, exhausted = set(self.stats.failed), set(self.stats.exhausted)
         episodes = []
         for slot in self.slots:
             rng = np.random.default_rng([self.seed, self.epoch, step, slot])
             episodes.append(load_episode(self.dataset, self.sampler, self.sampler.sample(rng), self.train, rng, self.stats))
-        new = {k: v for k, v in self.stats.failed.items() if k not in before}
-        return episodes, new
+        return episodes, ReadNews({k: v for k, v in self.stats.failed.items() if k not in before},
+                                  self.stats.exhausted - exhausted)
 
 
 def episode_loader(stream: EpisodeStream, start_step: int, workers: int) -> DataLoader:
