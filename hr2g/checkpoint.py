@@ -13,22 +13,91 @@ _np_core = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 / 1.x
 _NUMPY_ARRAY_GLOBALS = [_np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, say); the previous one at its path is intact."""
+
+
 def save_atomic(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # O_EXCL with a unique name, like mkstemp, but mode 0666 & ~umask like any new file (mkstemp: 0600)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except (OSError, RuntimeError) as exc:
+        # a full disk shows as torch's "[enforce fail at inline_container.cc] unexpected pos", raised
+        # while handling the OSError that says what happened: name that one
+        cause = next((e for e in (exc, exc.__context__, exc.__cause__) if isinstance(e, OSError)), None)
+        if cause is None:  # not the file system's (an object that does not pickle): as it is
+            raise
+        why = cause.strerror or str(cause)
+        err = CheckpointWriteError(f"cannot write checkpoint {path}: {why} (the previous one there, if any, is intact)")
+        err.errno = getattr(cause, "errno", None)  # one-argument OSError: str() without "[Errno n]"
+        raise err from exc
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete half-written checkpoints (``.<name>.pt.<pid>.<hex>.tmp``) a killed run left in
+    ``folder`` -- each as large as a checkpoint.  Call with the folder's :class:`RunLock` held."""
+    for tmp in Path(folder).glob(f".*.pt.*{TMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<folder>/.lock`` while a run writes there: two runs into one
+    folder interleaved their checkpoints and one's log.csv rows went to a deleted file.  The lock
+    goes with the process (a killed run leaves none behind); a file system without flock (some
+    network mounts) runs unlocked, with a warning."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import logging
+
+        from hr2g.errors import SetupError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise SetupError(f"{self.folder} is in use by another training run (PID {pid}): wait for it to finish, "
+                             "or pass another --out") from None
+        except OSError as exc:
+            logging.getLogger("hr2g.train").warning("%s: cannot lock the run folder (%s); running unlocked", self.folder, exc)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the lock
+            self._file = None
 
 
 def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:

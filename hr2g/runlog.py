@@ -37,6 +37,14 @@ def row_positions(rows: list[dict], steps_per_epoch: int) -> list[tuple[int, boo
     return out
 
 
+def _complete(row: dict) -> bool:
+    try:
+        int(row["epoch"]), int(row["step"])
+        return row.get("elapsed_s") not in (None, "")
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
 def _open_tensorboard(folder: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -49,10 +57,13 @@ def _open_tensorboard(folder: Path, purge_step: int | None):
 class RunLog:
     """Appends rows to ``log.csv`` (flushed per row) and mirrors them to TensorBoard under ``tb/``.
 
-    ``resume_at``: the global step the run resumes from (None: a fresh run, the log is restarted).
+    ``resume_at``: the global step the run resumes from (None: a fresh run, the log is restarted);
+    ``mid_epoch``: the checkpoint was taken inside an epoch (at its last step, say, by a stop), so
+    that epoch's end row at ``resume_at`` is still to come and one found there is dropped.
     """
 
-    def __init__(self, out: Path, steps_per_epoch: int, resume_at: int | None = None, tensorboard: bool = False):
+    def __init__(self, out: Path, steps_per_epoch: int, resume_at: int | None = None, tensorboard: bool = False,
+                 mid_epoch: bool = False):
         self.steps_per_epoch = steps_per_epoch
         # purge_step hides the events an interrupted run logged after the checkpoint (steps > resume_at),
         # or, for a fresh run (--overwrite), every event of the run it replaces; opened
@@ -61,17 +72,21 @@ class RunLog:
         path = out / "log.csv"
         fresh = resume_at is None or not path.exists()
         if not fresh:
-            self._truncate(path, resume_at)
+            self._truncate(path, resume_at, mid_epoch)
         self._file = open(path, "w" if fresh else "a", newline="")
         self._csv = csv.writer(self._file)
         if fresh:
             self._csv.writerow(COLUMNS)
             self._file.flush()
 
-    def _truncate(self, path: Path, resume_at: int) -> None:
+    def _truncate(self, path: Path, resume_at: int, mid_epoch: bool) -> None:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        keep = [r for r, (x, _) in zip(rows, row_positions(rows, self.steps_per_epoch)) if x <= resume_at]
+        whole = [r for r in rows if _complete(r)]  # a crash (a full disk) can leave a last row cut short
+        if len(whole) < len(rows):
+            log.warning("log.csv: dropped %d incomplete rows", len(rows) - len(whole))
+        keep = [r for r, (x, end) in zip(whole, row_positions(whole, self.steps_per_epoch))
+                if x < resume_at or (x == resume_at and not (end and mid_epoch))]
         if len(keep) == len(rows):
             return
         buf = io.StringIO(newline="")
@@ -81,7 +96,8 @@ class RunLog:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(buf.getvalue(), newline="")
         os.replace(tmp, path)
-        log.info("log.csv: dropped %d rows written after the checkpoint (step %d)", len(rows) - len(keep), resume_at)
+        if len(keep) < len(whole):
+            log.info("log.csv: dropped %d rows written after the checkpoint (step %d)", len(whole) - len(keep), resume_at)
 
     def step_row(self, epoch: int, step: int, loss: float, acc: float, lr: float, bank_filled: int, skipped: int,
                  elapsed: float) -> None:

@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
         episodes_per_rank(cfg.train.episodes_per_step, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    from hr2g.checkpoint import CheckpointWriteError
     from hr2g.errors import SetupError
     from hr2g.stopping import TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported
@@ -81,8 +82,9 @@ def main(argv=None) -> dict:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, SetupError) as exc:
-        # a run folder in the way, data not found, an episode shape / backend / weights that cannot be had
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, SetupError, CheckpointWriteError) as exc:
+        # a run folder in the way or in use, data not found, an episode shape / backend / weights
+        # that cannot be had, a checkpoint that cannot be written (a full disk)
         if args.verbose:
             raise
         raise SystemExit(f"error: {exc}") from None

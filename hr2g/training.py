@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hr2g import _dispatch
-from hr2g.checkpoint import config_of, load, load_weights, save_atomic
+from hr2g.checkpoint import RunLock, config_of, load, load_weights, remove_stale_temporaries, save_atomic
 from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
@@ -197,7 +197,6 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     it, an ``out_dir`` that already holds a run is refused unless ``overwrite``.
     On SIGINT/SIGTERM: finishes the step, saves ``last.pt`` and raises :class:`TrainingStopped`.
     """
-    from hr2g.evaluation import NoEpisodesLeft, evaluate_model  # local: evaluation imports training helpers
 
     cfg.validate()
     for key in ("data_root", "split_dir"):  # stored absolute: evaluate / --resume may run from another folder
@@ -211,6 +210,18 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     main = dist_info.main
     out = Path(cfg.train.out_dir)
     backends = backend_report(cfg.model.backend, device)  # an impossible explicit backend fails here
+    with RunLock(out) if main else contextlib.nullcontext():  # a second run into this folder is refused
+        return _train(cfg, resume, progress, overwrite, device, dist_info, per_rank, out, backends)
+
+
+def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, device: torch.device, dist_info: DistInfo,
+           per_rank: int, out: Path, backends: list[str]) -> dict:
+    """:func:`train` once the run folder is this process's."""
+    from hr2g.evaluation import NoEpisodesLeft, evaluate_model  # local: evaluation imports training helpers
+
+    main = dist_info.main
+    if main:
+        remove_stale_temporaries(out)
     ckpt = path = None
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
@@ -299,7 +310,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     steps = cfg.train.episodes_per_epoch
     runlog = None
     if main:
-        runlog = RunLog(out, steps, None if ckpt is None else start_epoch * steps + start_step, cfg.train.tensorboard)
+        runlog = RunLog(out, steps, None if ckpt is None else start_epoch * steps + start_step, cfg.train.tensorboard,
+                        mid_epoch=start_step > 0)
 
     def checkpoint(name: str, epoch: int, step: int) -> None:
         if main:

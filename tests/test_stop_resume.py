@@ -152,3 +152,21 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
 def test_row_positions_put_step_and_epoch_rows_on_one_axis():
     rows = [{"epoch": e, "step": s} for e, s in [(0, 2), (0, 3), (1, 3), (1, 1), (1, 3), (2, 3), (3, 3)]]
     assert row_positions(rows, 3) == [(2, False), (3, False), (3, True), (4, False), (6, False), (6, True), (9, True)]
+
+
+def test_resuming_drops_an_end_row_still_to_come_and_a_row_cut_short(tmp_path):
+    """A stop at an epoch's last step checkpoints (epoch 0, step 3); the resumed run wrote the
+    epoch's end row and was killed before its next checkpoint: resumed again from (0, 3), that end
+    row (position 3, like the checkpoint) used to stay and be written a second time.  A row a full
+    disk cut short stopped --resume with a ValueError."""
+    from hr2g.runlog import COLUMNS, RunLog
+
+    def write(rows, tail=""):
+        (tmp_path / "log.csv").write_text(",".join(COLUMNS) + "\n" + "".join(r + "\n" for r in rows) + tail)
+
+    step = [f"0,{s},1.0,0.5,0.001,3,0,1.0," for s in (1, 2, 3)]
+    end = "1,3,1.0,0.5,0.001,3,0,1.5,0.4"
+    for mid_epoch, kept in ((True, step), (False, step + [end])):
+        write(step + [end], tail="1,1,1.")
+        RunLog(tmp_path, 3, resume_at=3, mid_epoch=mid_epoch).close()
+        assert (tmp_path / "log.csv").read_text().splitlines()[1:] == kept, mid_epoch

@@ -206,3 +206,16 @@ def test_a_data_root_for_a_synthetic_checkpoint_is_refused_not_ignored(run, tmp_
     """evaluate / sweep reported synthetic accuracy for --data-root /my/hmdb51."""
     with pytest.raises(SystemExit, match=r"^error: --data-root: the checkpoint was trained on the synthetic dataset"):
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--data-root", str(tmp_path), "--no-progress"])
+
+
+def test_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    def full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit, match=r"^error: cannot write checkpoint .*(best|last).pt: No space left on device"):
+        train_cli.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")])

@@ -1,5 +1,6 @@
 """Training, checkpointing, evaluation and CLI behaviour on the tiny config (CPU, seconds)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -433,3 +434,40 @@ def test_unreadable_videos_do_not_make_the_run_depend_on_workers_or_resuming(tmp
                   (run("resumed", 2, 1), checkpoint.load(run("resumed", 0, 2, resume="auto")["last"])["model"])[1]):
         for k in base:
             assert torch.equal(base[k], other[k]), k
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    """Two runs into one folder interleaved checkpoints; one's log.csv rows went to a deleted file."""
+    from hr2g.checkpoint import RunLock
+    from hr2g.errors import SetupError
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes = 1, 1, 0
+    with RunLock(cfg.train.out_dir):  # as another process holding it would
+        with pytest.raises(SetupError, match=rf"{cfg.train.out_dir} is in use by another training run \(PID \d+\)"):
+            train(cfg, progress=False)
+    stale = Path(cfg.train.out_dir) / ".last.pt.123.abcd1234.tmp"  # a run killed while saving left it
+    stale.write_bytes(b"x" * 100)
+    train(cfg, progress=False)  # the lock went with the holder
+    assert not stale.exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_file_and_why(tmp_path, monkeypatch):
+    import errno
+
+    from hr2g.checkpoint import CheckpointWriteError, save_atomic
+
+    def full(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:  # torch.save reports a full disk as this, raised while handling the OSError
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    save_atomic({"a": 1}, tmp_path / "last.pt")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointWriteError, match=r"cannot write checkpoint .*last.pt: No space left on device \(the "
+                                                  r"previous one there, if any, is intact\)") as exc:
+        save_atomic({"a": 2}, tmp_path / "last.pt")
+    assert exc.value.errno == errno.ENOSPC and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt") == {"a": 1}
