@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 
 log = logging.getLogger("hr2g.evaluate")
 
@@ -27,6 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return p.parse_args(argv)
+
+
+def _write_json(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=2)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> list[dict]:
@@ -61,21 +70,27 @@ def main(argv=None) -> list[dict]:
         except ValueError as exc:
             raise SystemExit(f"error: --shots {k}: {exc}") from None
     results = []
-    for k in args.shots:
-        try:
-            res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
-                                 batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress)
-        except (ValueError, FloatingPointError) as exc:
-            raise SystemExit(f"error: {exc}") from None
-        row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
-               "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
-               "skipped_videos": len(res.skipped_videos), "device": str(device)}
-        log.info("%d-way %d-shot: %.2f ± %.2f %% over %d episodes", cfg.data.n_way, k, row["accuracy"], row["ci95"], res.episodes)
-        print(json.dumps(row))
-        results.append(row)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    try:
+        for k in args.shots:
+            try:
+                res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
+                                     batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress)
+            except (ValueError, FloatingPointError) as exc:
+                raise SystemExit(f"error: {exc}") from None
+            row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
+                   "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2),
+                   "ci95": round(100 * res.ci95, 2), "skipped_videos": len(res.skipped_videos), "device": str(device)}
+            log.info("%d-way %d-shot: %.2f ± %.2f %% over %d episodes", cfg.data.n_way, k, row["accuracy"], row["ci95"],
+                     res.episodes)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            if args.json:  # after every shot: a crash or Ctrl-C keeps the finished ones
+                _write_json(args.json, results)
+    except KeyboardInterrupt:
+        done = f"{len(results)} of {len(args.shots)} shot settings finished"
+        saved = f", written to {args.json}" if args.json and results else ""
+        print(f"hr2g.evaluate: interrupted; {done}{saved}", file=sys.stderr)
+        raise SystemExit(130) from None
     return results
 
 

@@ -163,10 +163,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[SweepPoint]:
     args = parse_args(argv)
-    from hr2g.cli import setup_logging
+    from hr2g.cli import setup_logging, writable_dir
     from hr2g.inference import dataset_from_args, load_trained
 
     setup_logging()
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
+    if Path(args.checkpoint).is_file():  # a missing checkpoint is named by load_trained
+        writable_dir("--out", out)  # before the grid is computed, not after
     model, cfg, device = load_trained(args)
     split = args.split or cfg.eval.split
     dataset = dataset_from_args(cfg, args, device)
@@ -179,7 +182,6 @@ def main(argv=None) -> list[SweepPoint]:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
     except (ValueError, FloatingPointError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "sweep"
     # fewer than asked where unrepairable episodes were dropped; 0 at a point with none left
     scored = sorted({p.episodes for p in points if p.episodes})
     counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"

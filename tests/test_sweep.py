@@ -148,3 +148,11 @@ def test_a_grid_point_without_episodes_is_reported_and_the_others_still_count(ck
     assert js[1]["episodes"] == 0 and js[1]["accuracy"] is None
     with pytest.raises(SystemExit, match=r"^error: no grid point has an episode left after 96 unreadable videos"):
         sweep.main(argv[:5] + ["3"] + argv[7:])
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_the_grid(ckpt, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("the grid ran before --out was checked"))
+    with pytest.raises(SystemExit, match=r"^error: --out: .*file.* is a file, expected a folder"):
+        sweep.main(["--checkpoint", ckpt, "--out", str(blocker), "--no-progress", "--device", "cpu"])

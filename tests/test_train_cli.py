@@ -219,3 +219,24 @@ def test_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(SystemExit, match=r"^error: cannot write checkpoint .*(best|last).pt: No space left on device"):
         train_cli.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")])
+
+
+def test_ctrl_c_in_evaluate_keeps_the_finished_shots(run, tmp_path, monkeypatch, capsys):
+    from hr2g import evaluation
+
+    real, calls = evaluation.evaluate_model, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(kwargs["k_shot"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", interrupted_second)
+    out = tmp_path / "ev.json"
+    with pytest.raises(SystemExit) as exc:
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "1", "2", "--episodes", "3", "--json", str(out),
+                           "--no-progress"])
+    assert exc.value.code == 130
+    assert "interrupted; 1 of 2 shot settings finished, written to" in capsys.readouterr().err
+    assert [r["k_shot"] for r in json.loads(out.read_text())] == [1]
