@@ -108,6 +108,9 @@ def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dic
         raise FileNotFoundError(f"checkpoint {str(path)!r} is a folder; pass a .pt file in it (last.pt, best.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:  # torch's message for it is about mmap and zip archives
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): not written by hr2g.train, which renames a "
+                         "complete file into place; an interrupted copy?")
     try:
         # weights_only: unpickling runs no code from the file, so a downloaded checkpoint is safe to
         # load; numpy arrays are allowed for checkpoints written before the RNG state became lists

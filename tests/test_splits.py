@@ -307,3 +307,23 @@ def _no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+def test_a_typo_in_an_indexed_list_is_named_not_read_as_another_format(tmp_path):
+    """One line with a single slash switched the whole list to the named format (other classes,
+    every video "missing"): the line is named instead."""
+    lines = ["test0//videos/a/a1.mp4", "test0//videos/a/a2.mp4", "test1//videos/b/b1.mp4", "test1/videos/b/b2.mp4"]
+    with pytest.raises(ValueError, match=r"t\.txt:4: 'test1/videos/b/b2.mp4' is not a indexed_path line like .*, as 3 "
+                                         r"of the list's 4 lines are"):
+        read_split(write(tmp_path / "t.txt", lines))
+
+
+def test_repeated_lines_are_dropped_and_a_video_under_two_classes_refused(tmp_path, caplog):
+    """A repeated line let one file be an episode's support and its query at once."""
+    lines = ["kick_ball/v1.mp4", "kick_ball/v2.mp4", "Archery/v3.mp4", "kick_ball/v1.mp4", "kick_ball /v2.mp4"]
+    split = read_split(write(tmp_path / "testlist.txt", lines))
+    assert split.videos == ["v1.mp4", "v2.mp4", "v3.mp4"] and split.labels.tolist() == [0, 0, 1]
+    assert split.folders == ["kick_ball", "Archery"], "a class name's trailing space made a new class"
+    assert "testlist.txt: 2 repeated lines ignored (line 4 repeats line 1)" in caplog.text
+    with pytest.raises(ValueError, match=r"testlist.txt:3: 'x/v1.mp4' is listed again under another class \(first at line 1\)"):
+        read_split(write(tmp_path / "testlist.txt", ["test0//x/v1.mp4", "test1//y/v2.mp4", "test1//x/v1.mp4"]))

@@ -181,6 +181,9 @@ def test_checkpoints_load_without_running_code_from_the_file(trained, tmp_path):
     torch.save({"config": {}, "model": Payload()}, bad)
     with pytest.raises(ValueError, match=r"could not be read \(UnpicklingError"):
         checkpoint.load(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"bad.pt' is empty \(0 bytes\)"):
+        checkpoint.load(bad)
 
 
 def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):

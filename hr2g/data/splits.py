@@ -20,6 +20,7 @@ Class names for the text prompts are readable names: ``brush_hair`` -> "brush ha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import warnings
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from hr2g.data.presets import VIDEO_EXTENSIONS, DatasetPreset
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("indexed_path", "indexed_id", "named")
 
@@ -130,6 +133,8 @@ def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
         raise ValueError(f"split list {path} is empty")
     if fmt == "auto":
         fmt = detect_format([text for _, text in lines])
+        if fmt == "named":
+            _refuse_mostly_indexed(path, lines)
     elif fmt not in FORMATS:
         raise ValueError(f"read_split(fmt={fmt!r}): expected 'auto' or one of {FORMATS}")
     if fmt == "named":
@@ -137,10 +142,41 @@ def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
     return _read_indexed(path, lines, split, fmt, label_file)
 
 
+def _refuse_mostly_indexed(path: Path, lines: list[tuple[int, str]]) -> None:
+    """An indexed list with a typo in a line read as a named one (its classes and videos all wrong,
+    the error then about missing videos): name the line instead."""
+    for pattern, fmt, example in ((_INDEXED_PATH, "indexed_path", "train0//videos/brush_hair/x.avi"),
+                                  (_INDEXED_ID, "indexed_id", "train0/51958")):
+        hits = sum(bool(pattern.match(text)) for _, text in lines)
+        if 2 * hits > len(lines):  # most of them: the others are typos, not a named list
+            no, text = next((no, text) for no, text in lines if not pattern.match(text))
+            raise ValueError(f"{path}:{no}: {text!r} is not a {fmt} line like {example!r}, as {hits} of the list's "
+                             f"{len(lines)} lines are")
+
+
+def _drop_repeats(path: Path, nos: list[int], videos: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    """The list without repeated lines (a video listed twice can be an episode's support and its
+    query at once: with one class's lines doubled, 138 of 1000 seeded test episodes were); a video
+    under two classes is an error."""
+    first: dict[str, tuple[int, int]] = {}
+    keep, repeats = [], []
+    for i, (no, vid, lab) in enumerate(zip(nos, videos, labels)):
+        if vid not in first:
+            first[vid] = (no, lab)
+            keep.append(i)
+        elif first[vid][1] != lab:
+            raise ValueError(f"{path}:{no}: {vid!r} is listed again under another class (first at line {first[vid][0]})")
+        else:
+            repeats.append((no, first[vid][0]))
+    if repeats:
+        log.warning("%s: %d repeated lines ignored (line %d repeats line %d)", path, len(repeats), *repeats[0])
+    return [videos[i] for i in keep], [labels[i] for i in keep]
+
+
 def _read_indexed(path: Path, lines: list[tuple[int, str]], split: str | None, fmt: str,
                   label_file: str | Path | list | None) -> Split:
     pattern = _INDEXED_PATH if fmt == "indexed_path" else _INDEXED_ID
-    videos, labels, prefixes = [], [], set()
+    videos, labels, prefixes, nos = [], [], set(), []
     for no, text in lines:
         m = pattern.match(text)
         if m is None:
@@ -149,6 +185,8 @@ def _read_indexed(path: Path, lines: list[tuple[int, str]], split: str | None, f
         prefixes.add(m.group(1))
         labels.append(int(m.group(2)))
         videos.append(m.group(3))
+        nos.append(no)
+    videos, labels = _drop_repeats(path, nos, videos, labels)
     if len(prefixes) != 1:
         raise ValueError(f"{path}: lines mix splits {sorted(prefixes)}; one list holds one split")
     name = prefixes.pop()
@@ -248,15 +286,18 @@ def _read_named(path: Path, lines: list[tuple[int, str]], split: str | None) -> 
     if name is None:
         raise ValueError(f"{path}: cannot tell the split from the file name; pass split='train'|'val'|'test'")
     folders: dict[str, int] = {}  # first appearance order = class index
-    videos, labels = [], []
+    videos, labels, nos = [], [], []
     for no, text in lines:
         if "/" not in text:
             raise ValueError(f"{path}:{no}: {text!r} is not a 'class name/video id' line")
         cls, vid = text.rsplit("/", 1)
-        if not cls.strip() or not vid:
+        cls, vid = cls.strip(), vid.strip()  # "kick_ball /v1.mp4" is class kick_ball, not a new one
+        if not cls or not vid:
             raise ValueError(f"{path}:{no}: {text!r} has an empty class name or video id")
         labels.append(folders.setdefault(cls, len(folders)))
         videos.append(vid)
+        nos.append(no)
+    videos, labels = _drop_repeats(path, nos, videos, labels)
     raw = list(folders)
     return Split(name, "named", videos, np.asarray(labels, dtype=np.int64), [prompt_name(f) for f in raw], raw, path,
                  "list")
