@@ -69,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"model.otam_lambda={self.otam_lambda} must be > 0")
         if not self.aux_text_weight >= 0:
             raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be >= 0")
+        if not self.trx_cardinalities:
+            raise ValueError("model.trx_cardinalities=() must name at least one tuple size (1 to 4)")
         for c in self.trx_cardinalities:
             _range("model.trx_cardinalities[]", c, 1, 4)
 
@@ -137,7 +139,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         _range("train.gamma", self.gamma, 0.0, 1.0)
-        for m in self.milestones:  # the scheduler counts finished epochs from 1: a milestone 0 never fires
+        for m in self.milestones:  # MultiStepLR applies a milestone 0 at construction: the whole run at lr * gamma
             _range("train.milestones[]", m, 1, None)
         _range("train.val_episodes", self.val_episodes, 0, None)
         _range("train.test_episodes", self.test_episodes, 0, None)

@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
             EpisodeSampler.for_dataset(dataset, cfg.data.n_way, k, cfg.data.test_q_query, split=split)
         except ValueError as exc:
             raise SystemExit(f"error: --shots {k}: {exc}") from None
-    results = []
+    results, written = [], 0
     try:
         for k in args.shots:
             try:
@@ -86,9 +86,10 @@ def main(argv=None) -> list[dict]:
             results.append(row)
             if args.json:  # after every shot: a crash or Ctrl-C keeps the finished ones
                 _write_json(args.json, results)
+                written = len(results)
     except KeyboardInterrupt:
         done = f"{len(results)} of {len(args.shots)} shot settings finished"
-        saved = f", written to {args.json}" if args.json and results else ""
+        saved = f", {written} written to {args.json}" if args.json and written else ""
         print(f"hr2g.evaluate: interrupted; {done}{saved}", file=sys.stderr)
         raise SystemExit(130) from None
     return results

@@ -333,8 +333,10 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         with StopSignals() as stop:
             for epoch in range(start_epoch, cfg.train.epochs):
                 model.train()
+                # known bad: not decoded again; an "unexpected" decoder error may be the install's, tried again
+                known = {k: v for k, v in failures.items() if not v.startswith("unexpected ")}
                 stream = EpisodeStream(train_set, sampler, cfg.train.seed, epoch, steps, slots=slots, train=True,
-                                       known=failures)
+                                       known=known)
                 first = start_step if epoch == start_epoch else 0
                 if first == 0:
                     tally.loss, tally.acc = [], []

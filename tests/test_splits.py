@@ -327,3 +327,8 @@ def test_repeated_lines_are_dropped_and_a_video_under_two_classes_refused(tmp_pa
     assert "testlist.txt: 2 repeated lines ignored (line 4 repeats line 1)" in caplog.text
     with pytest.raises(ValueError, match=r"testlist.txt:3: 'x/v1.mp4' is listed again under another class \(first at line 1\)"):
         read_split(write(tmp_path / "testlist.txt", ["test0//x/v1.mp4", "test1//y/v2.mp4", "test1//x/v1.mp4"]))
+
+
+def test_named_lists_may_reuse_a_file_name_in_another_class_folder(tmp_path):
+    split = read_split(write(tmp_path / "trainlist.txt", ["kick_ball/0001.mp4", "run/0001.mp4", "run/0002.mp4"]))
+    assert split.videos == ["0001.mp4", "0001.mp4", "0002.mp4"] and split.labels.tolist() == [0, 1, 1]

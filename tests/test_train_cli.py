@@ -238,5 +238,5 @@ def test_ctrl_c_in_evaluate_keeps_the_finished_shots(run, tmp_path, monkeypatch,
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "1", "2", "--episodes", "3", "--json", str(out),
                            "--no-progress"])
     assert exc.value.code == 130
-    assert "interrupted; 1 of 2 shot settings finished, written to" in capsys.readouterr().err
+    assert "interrupted; 1 of 2 shot settings finished, 1 written to" in capsys.readouterr().err
     assert [r["k_shot"] for r in json.loads(out.read_text())] == [1]

@@ -122,6 +122,7 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     (["--ways", "1"], r"data.n_way=1 is outside the allowed range \[2, inf\]"),
     (["--set", "model.nope=1"], r"unknown config field 'model.nope'"),
     (["--set", "data.frames=abc"], r"data.frames='abc': cannot convert"),
+    (["--set", "model.metric=trx", "--set", "model.trx_cardinalities="], r"model.trx_cardinalities=\(\) must name at least one"),
     (["--set", "train.milestones=0,3"], r"train.milestones\[\]=0 is outside the allowed range \[1, inf\]"),
     (["--set", "model.metric=trx", "--set", "model.trx_cardinalities=2,4", "--set", "data.frames=3"],
      r"model.trx_cardinalities=\(2, 4\): TRX tuples .* longer than data.frames=3"),

@@ -147,6 +147,13 @@ def test_truncated_video_with_an_overstated_header_is_resampled(tmp_path):
     assert clip.shape == (8, 3, 32, 32) and 8 <= real < 20
     raw = ds.read_raw(0, tsn_indices(real, 8, False))
     assert frame_index(raw.numpy(), src).tolist() == tsn_indices(real, 8, False).tolist()
+    assert frame_index(ds.read_raw(0, np.arange(4)).numpy(), src).tolist() == [0, 1, 2, 3]
+    # training draws: the same frames in a process that has met the video and in one that has not
+    # (draws inside the real length decode as drawn, those past it are drawn again over it)
+    for seed in range(12):
+        fresh = BenchmarkDataset(tmp_path, read_split(tmp_path / "test_few_shot.txt"), frames=8, image_size=32,
+                                 decoder="pyav")
+        assert torch.equal(fresh.clip(0, True, np.random.default_rng(seed)), ds.clip(0, True, np.random.default_rng(seed)))
 
 
 @pytest.mark.parametrize("fmt", ["test_few_shot.txt", "testlist03.txt"])
@@ -318,3 +325,20 @@ def test_an_unexpected_decoder_error_is_that_videos_read_error(bench, monkeypatc
                                                  "attribute 'name'",
                    "videos/catch/catch_v2.mp4": "unexpected IndexError from the decoder: list index out of range"}
     assert all(r.shape == (4, 3, 32, 32) for r in out if not isinstance(r, VideoReadError))
+
+
+def test_a_broken_decoder_install_is_not_blamed_on_the_videos(bench, monkeypatch):
+    """An ImportError is the environment's: counted as an unreadable video, every video of a
+    run would be skipped (and remembered in its checkpoint as bad)."""
+    from hr2g.data import benchmarks
+
+    root, _ = bench
+    ds = BenchmarkDataset(root, read_split(root / "splits" / "train_few_shot.txt"), get_preset("hmdb51"), frames=4,
+                          image_size=32, decoder="pyav")
+
+    def broken(path):
+        raise ModuleNotFoundError("No module named 'av._core'")
+
+    monkeypatch.setattr(benchmarks, "probe_video", broken)
+    with pytest.raises(ModuleNotFoundError):
+        ds.clips([0], True, np.random.default_rng(0))

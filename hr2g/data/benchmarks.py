@@ -50,8 +50,8 @@ def one_video(path):
         yield
     except VideoReadError:
         raise
-    except Exception as exc:  # noqa: BLE001 -- deliberately broad, per video; MemoryError is not per video
-        if isinstance(exc, MemoryError):
+    except Exception as exc:  # noqa: BLE001 -- deliberately broad, per video
+        if isinstance(exc, (MemoryError, ImportError)):  # the machine's or the install's, not the file's
             raise
         log.debug("unexpected error reading %s", path, exc_info=True)
         raise VideoReadError(str(path), f"unexpected {type(exc).__name__} from the decoder: {exc}") from None
@@ -229,8 +229,9 @@ class BenchmarkDataset(VideoDataset):
                 return read_frame_files(info.files, idx)
         path = str(self._path(index))
         with one_video(path):
-            if index in self._decoded_frames:  # known short: skip the decode that would stop early
-                return decode_frames(path, tsn_indices(self._decoded_frames[index], self.frames, train, rng))
+            n = self._decoded_frames.get(index)
+            if n is not None and int(np.max(idx)) >= n:  # known short and asked past its end: skip the decode
+                return decode_frames(path, tsn_indices(n, self.frames, train, rng))  # that would stop early
             try:
                 return decode_frames(path, idx)
             except ShortVideo as short:
@@ -264,8 +265,8 @@ class BenchmarkDataset(VideoDataset):
                         "dataset.dali_fallbacks)", reader.device, err.path, err.why)
 
     def _dali_can_read(self, index: int, reader) -> bool:
-        if index in self._decoded_frames:  # short of its header: PyAV samples the frames that exist
-            return False
+        # (a video known to be shorter than its header still goes to DALI: frames inside it decode
+        # there as in a process that has not met it, frames past it fail there and PyAV draws again)
         info = self._info(index)
         if isinstance(info, FrameFolderInfo) or info.codec in reader.codecs:
             return True

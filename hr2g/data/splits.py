@@ -154,20 +154,23 @@ def _refuse_mostly_indexed(path: Path, lines: list[tuple[int, str]]) -> None:
                              f"{len(lines)} lines are")
 
 
-def _drop_repeats(path: Path, nos: list[int], videos: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+def _drop_repeats(path: Path, nos: list[int], videos: list[str], labels: list[int],
+                  per_class: bool = False) -> tuple[list[str], list[int]]:
     """The list without repeated lines (a video listed twice can be an episode's support and its
     query at once: with one class's lines doubled, 138 of 1000 seeded test episodes were); a video
-    under two classes is an error."""
-    first: dict[str, tuple[int, int]] = {}
+    under two classes is an error -- unless ``per_class`` (named lists: ``kick_ball/0001.mp4`` and
+    ``run/0001.mp4`` are two files in class folders), where only a repeated (class, video) is."""
+    first: dict[object, tuple[int, int]] = {}
     keep, repeats = [], []
     for i, (no, vid, lab) in enumerate(zip(nos, videos, labels)):
-        if vid not in first:
-            first[vid] = (no, lab)
+        key = (lab, vid) if per_class else vid
+        if key not in first:
+            first[key] = (no, lab)
             keep.append(i)
-        elif first[vid][1] != lab:
-            raise ValueError(f"{path}:{no}: {vid!r} is listed again under another class (first at line {first[vid][0]})")
+        elif first[key][1] != lab:
+            raise ValueError(f"{path}:{no}: {vid!r} is listed again under another class (first at line {first[key][0]})")
         else:
-            repeats.append((no, first[vid][0]))
+            repeats.append((no, first[key][0]))
     if repeats:
         log.warning("%s: %d repeated lines ignored (line %d repeats line %d)", path, len(repeats), *repeats[0])
     return [videos[i] for i in keep], [labels[i] for i in keep]
@@ -297,7 +300,7 @@ def _read_named(path: Path, lines: list[tuple[int, str]], split: str | None) -> 
         labels.append(folders.setdefault(cls, len(folders)))
         videos.append(vid)
         nos.append(no)
-    videos, labels = _drop_repeats(path, nos, videos, labels)
+    videos, labels = _drop_repeats(path, nos, videos, labels, per_class=True)
     raw = list(folders)
     return Split(name, "named", videos, np.asarray(labels, dtype=np.int64), [prompt_name(f) for f in raw], raw, path,
                  "list")
