@@ -210,7 +210,16 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     main = dist_info.main
     out = Path(cfg.train.out_dir)
     backends = backend_report(cfg.model.backend, device)  # an impossible explicit backend fails here
-    with RunLock(out) if main else contextlib.nullcontext():  # a second run into this folder is refused
+    with contextlib.ExitStack() as held:  # rank 0 holds the run folder: a second run into it is refused
+        refused = None
+        if main:
+            try:
+                held.enter_context(RunLock(out))
+            except SetupError as exc:
+                refused = exc
+        if any_rank(refused is not None, dist_info, device):  # every rank stops, none waits at a collective
+            shutdown(dist_info)
+            raise refused or SetupError(f"{out} is in use by another training run (rank 0 could not lock it)")
         return _train(cfg, resume, progress, overwrite, device, dist_info, per_rank, out, backends)
 
 

@@ -153,3 +153,26 @@ def test_collectives_wait_as_long_as_the_config_allows(monkeypatch):
     info = distributed.init_from_env("cpu", tiny_config().train.dist_timeout_min)
     assert (info.rank, info.world, info.local_rank) == (3, 4, 1)
     assert seen == dict(backend="gloo", rank=3, world_size=4, timeout=datetime.timedelta(minutes=120))
+
+
+def _locked_out_worker(rank: int, world: int, port: int, cfg, results):
+    from hr2g.errors import SetupError
+
+    try:
+        _worker(rank, world, port, cfg, results)
+    except SetupError as exc:
+        results[rank] = str(exc)
+
+
+def test_a_run_folder_in_use_stops_every_rank(tmp_path):
+    """Rank 0 alone takes the run folder's lock; when it was refused, the other ranks went on to
+    wait at the first collective for train.dist_timeout_min."""
+    from hr2g.checkpoint import RunLock
+
+    cfg = _cfg(tmp_path / "ddp")
+    cfg.train.dist_timeout_min = 1
+    results = mp.Manager().dict()
+    with RunLock(cfg.train.out_dir):
+        mp.spawn(_locked_out_worker, args=(2, _free_port(), cfg, results), nprocs=2, join=True)
+    assert "is in use by another training run (PID" in results[0]
+    assert results[1].endswith("is in use by another training run (rank 0 could not lock it)")
