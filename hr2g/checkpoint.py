@@ -13,6 +13,9 @@ _np_core = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 / 1.x
 _NUMPY_ARRAY_GLOBALS = [_np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
+TMP_SUFFIX = ".tmp"  # of the half-written files below (a killed run's are removed at the next start)
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, say); the previous one at its path is intact."""
 
@@ -46,7 +49,12 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         raise err from exc
 
 
-TMP_SUFFIX = ".tmp"
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, never a part (logs, result tables)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    tmp.write_text(text, newline="")
+    os.replace(tmp, path)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:

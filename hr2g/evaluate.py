@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 log = logging.getLogger("hr2g.evaluate")
@@ -31,15 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_json(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    from hr2g.checkpoint import write_text_atomic
     from hr2g.cli import setup_logging, writable_file
     from hr2g.config import set_field
     from hr2g.data.episodes import EpisodeSampler
@@ -85,7 +78,7 @@ def main(argv=None) -> list[dict]:
             print(json.dumps(row), flush=True)
             results.append(row)
             if args.json:  # after every shot: a crash or Ctrl-C keeps the finished ones
-                _write_json(args.json, results)
+                write_text_atomic(args.json, json.dumps(results, indent=2))
                 written = len(results)
     except KeyboardInterrupt:
         done = f"{len(results)} of {len(args.shots)} shot settings finished"

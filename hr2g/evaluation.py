@@ -35,7 +35,9 @@ class EvalResult:
 class NoEpisodesLeft(ValueError):
     """Unreadable videos left no episode that can be scored; ``skipped_videos`` lists them."""
 
-    skipped_videos: dict[str, str] = {}
+    def __init__(self, message: str, skipped_videos: dict[str, str] | None = None):
+        super().__init__(message)
+        self.skipped_videos = dict(skipped_videos or {})
 
 
 def require_finite_logits(logits: torch.Tensor, what: str) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
+
+from hr2g.checkpoint import write_text_atomic
 
 log = logging.getLogger("hr2g.train")
 
@@ -93,9 +94,7 @@ class RunLog:
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(keep)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buf.getvalue(), newline="")
-        os.replace(tmp, path)
+        write_text_atomic(path, buf.getvalue())
         if len(keep) < len(whole):
             log.info("log.csv: dropped %d rows written after the checkpoint (step %d)", len(whole) - len(keep), resume_at)
 

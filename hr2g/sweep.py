@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import EpisodeSampler
-from hr2g.evaluation import confidence95, encode_for_episodes, episode_accuracies, repair_episodes
+from hr2g.evaluation import NoEpisodesLeft, confidence95, encode_for_episodes, episode_accuracies, repair_episodes
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.sweep")
@@ -88,7 +88,7 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
             rng = np.random.default_rng([seed, 1])
             try:
                 specs[nk] = repair_episodes(specs[nk], bad, samplers[nk], rng)
-            except ValueError as exc:  # this point has no episode left; the others still count
+            except NoEpisodesLeft as exc:  # this point has no episode left; the others still count
                 log.warning("grid point %d-way %d-shot skipped: %s", *nk, exc)
                 specs[nk] = []
         if not any(specs.values()):

@@ -264,9 +264,9 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     if main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("resolved config:\n%s", cfg.dumps())
-        if cfg.unused_milestones():
+        if unused := cfg.unused_milestones():
             log.warning("train.milestones %s: %s at or after the last epoch (train.epochs=%d), so the LR never decays there",
-                        tuple(cfg.train.milestones), cfg.unused_milestones(), cfg.train.epochs)
+                        tuple(cfg.train.milestones), unused, cfg.train.epochs)
         log.info("device: %s, world size %d", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dist_info.world)
         for line in backends:
             log.info("backend: %s", line)
