@@ -46,6 +46,11 @@ def _complete(row: dict) -> bool:
         return False
 
 
+def _step_scalars(loss: float, acc: float, lr: float, bank_filled: int, skipped: int) -> dict[str, float]:
+    return {"train/loss": loss, "train/acc": acc, "train/lr": lr, "train/bank_filled": bank_filled,
+            "train/skipped_videos": skipped}
+
+
 def _open_tensorboard(folder: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -68,8 +73,11 @@ class RunLog:
         self.steps_per_epoch = steps_per_epoch
         # purge_step hides the events an interrupted run logged after the checkpoint (steps > resume_at),
         # or, for a fresh run (--overwrite), every event of the run it replaces; opened
-        # first, so a missing tensorboard package leaves log.csv untouched
-        self._tb = _open_tensorboard(out / "tb", 0 if resume_at is None else resume_at + 1) if tensorboard else None
+        # first, so a missing tensorboard package leaves log.csv untouched.  Mid-epoch it hides
+        # resume_at too: the end scalars an interrupted resume wrote there come again, and purging
+        # is by step for every tag, so the step row at resume_at goes with them (restore_step_row)
+        purge = 0 if resume_at is None else resume_at + (0 if mid_epoch else 1)
+        self._tb = _open_tensorboard(out / "tb", purge) if tensorboard else None
         path = out / "log.csv"
         fresh = resume_at is None or not path.exists()
         if not fresh:
@@ -102,8 +110,14 @@ class RunLog:
                  elapsed: float) -> None:
         """Running means after ``step`` steps of ``epoch`` (0-based)."""
         self._write([epoch, step, loss, acc, lr, bank_filled, skipped, elapsed, float("nan")], epoch * self.steps_per_epoch + step,
-                    {"train/loss": loss, "train/acc": acc, "train/lr": lr, "train/bank_filled": bank_filled,
-                     "train/skipped_videos": skipped})
+                    _step_scalars(loss, acc, lr, bank_filled, skipped))
+
+    def restore_step_row(self, epoch: int, step: int, loss: float, acc: float, lr: float, bank_filled: int,
+                         skipped: int) -> None:
+        """TensorBoard only: the step row at a mid-epoch checkpoint's position, which log.csv keeps
+        but the purge hid (the values come from the checkpoint, unrounded, as first logged)."""
+        if self._tb is not None:
+            self._scalars(epoch * self.steps_per_epoch + step, _step_scalars(loss, acc, lr, bank_filled, skipped))
 
     def epoch_row(self, epochs_done: int, loss: float, acc: float, lr: float, bank_filled: int, skipped: int,
                   elapsed: float, val_acc: float) -> None:
@@ -119,9 +133,12 @@ class RunLog:
                             "" if v[8] != v[8] else f"{v[8]:.4f}"])
         self._file.flush()
         if self._tb is not None:
-            for tag, value in scalars.items():
-                self._tb.add_scalar(tag, value, x)
-            self._tb.flush()
+            self._scalars(x, scalars)
+
+    def _scalars(self, x: int, scalars: dict[str, float]) -> None:
+        for tag, value in scalars.items():
+            self._tb.add_scalar(tag, value, x)
+        self._tb.flush()
 
     def close(self) -> None:
         self._file.close()

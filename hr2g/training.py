@@ -337,6 +337,9 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     val_acc = float("nan")
     eval_skipped: dict[str, str] = {}  # unreadable val / test videos (this process), listed with the training ones
     n_log, n_ckpt = cfg.train.log_every, cfg.train.checkpoint_every
+    if main and start_step > 0 and start_step % n_log == 0:  # the checkpoint's step row, hidden by the purge
+        runlog.restore_step_row(start_epoch, start_step, np.mean(tally.loss[-n_log:]), np.mean(tally.acc[-n_log:]),
+                                sched.get_last_lr()[0], bank_filled(), len(failures))
     warned_exhausted: set[str] = set()
     try:
         with StopSignals() as stop:

@@ -117,6 +117,38 @@ def test_a_crash_loses_only_the_steps_since_the_last_checkpoint_and_the_log_is_r
         assert _tensorboard_scalars(cfg.train.out_dir) == _tensorboard_scalars(whole_cfg.train.out_dir)
 
 
+@pytest.mark.parametrize("at_call", [2, 3], ids=["mid-epoch", "epoch-last-step"])
+def test_tensorboard_after_a_stop_and_a_resume_killed_before_its_next_checkpoint(tmp_path, monkeypatch, uninterrupted,
+                                                                                 at_call):
+    """Stopped at (0, 2) or (0, 3), resumed, killed before the resumed run's next last.pt (its step
+    rows, and at (0, 3) the epoch's end scalars, are in tb/), resumed again: TensorBoard shows each
+    scalar once at each step, as in an uninterrupted run.  The end scalars at the checkpoint's own
+    step used to stay and appear twice."""
+    if not _has_tensorboard():
+        pytest.skip("tensorboard is not installed (pip install tensorboard)")
+    whole_cfg, _ = uninterrupted
+    cfg = _cfg(tmp_path, tensorboard=True)
+    _interrupting(monkeypatch, at_call, signal.SIGINT)
+    with pytest.raises(TrainingStopped):
+        training.train(cfg, progress=False)
+    monkeypatch.undo()
+    real = training.save_checkpoint
+
+    def killed_at_last_pt(path, *args, **kwargs):
+        if path.name == "last.pt":
+            raise RuntimeError("killed")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", killed_at_last_pt)
+    with pytest.raises(RuntimeError, match="killed"):
+        training.train(cfg, resume="auto", progress=False)
+    monkeypatch.undo()
+    assert checkpoint.load(f"{cfg.train.out_dir}/last.pt")["step"] == at_call
+    training.train(cfg, resume="auto", progress=False)
+    _assert_same_run(cfg.train.out_dir, whole_cfg.train.out_dir)
+    assert _tensorboard_scalars(cfg.train.out_dir) == _tensorboard_scalars(whole_cfg.train.out_dir)
+
+
 def _tensorboard_scalars(run_dir) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
