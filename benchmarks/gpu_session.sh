@@ -11,9 +11,9 @@
 # compiled for real, bf16/fp16, the CUDA bank op) and the figures issues #3 and #4 wait for (every
 # benchmark checks its providers against the reference before it times them; the torch.compile
 # rows, Inductor's long pole, run last), then the rest of the suite and the model/loader benchmarks:
-#   run(command="HR2G_CALL_BUDGET=420 bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels pack",
+#   run(command="HR2G_COMMIT=<git rev-parse --short HEAD> HR2G_CALL_BUDGET=420 bash benchmarks/gpu_session.sh setup kernel_tests bench_kernels pack",
 #       carry=[".whl"], timeout_s=480)
-#   run(command="HR2G_CALL_BUDGET=180 bash benchmarks/gpu_session.sh setup other_tests bench_model pack",
+#   run(command="HR2G_COMMIT=<the same> HR2G_CALL_BUDGET=180 bash benchmarks/gpu_session.sh setup other_tests bench_model pack",
 #       carry=[".whl"], timeout_s=220)
 #   give_back()
 # That is about 13 of the 15 minutes with the start, if call 2 follows within the 30 s a warm
@@ -37,7 +37,7 @@
 # (kernels + model) | pack | all (= setup tests bench pack).  Results land in $OUT as
 # <stage>.log/.xml/.json/.jsonl/.md; the last lines printed are the results table
 # (benchmarks/report.py) or the failing tests: copy figures into README "Results" with the device,
-# date and commit (the device gets no .git, so the report's commit reads "?": name HEAD yourself).
+# date and commit (the device gets no .git: the report names HR2G_COMMIT, or "?" without it).
 # On a GPU machine of your own (no 10-minute limit): HR2G_CALL_BUDGET=0 bash benchmarks/gpu_session.sh all
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -157,15 +157,17 @@ run_bench() {  # $1: name, then the benchmark files; medians of synchronised rou
   left=$(call_left "$name") || return 0
   rm -f "$OUT/$name.json" "$OUT/$name.jsonl"
   # shellcheck disable=SC2046
-  HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider "$@" \
+  HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rs "$@" \
     --benchmark-json="$OUT/$name.json" $(timeout_opt 400) --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
   local rc=$?
   [ $rc -eq 124 ] && echo "gpu_session: $name stopped at this call's budget (${left} s); reporting what finished"
   grep -E "passed|failed|error" "$OUT/$name.log" | tail -3
+  # why a provider has no row (pysdtw or the extension's CUDA part missing, say): one line per reason
+  grep -E "^SKIPPED" "$OUT/$name.log" | sed -E 's/^SKIPPED \[[0-9]+\] [^ ]+ //' | sort | uniq -c | head -8
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/$name.log" | head -20
   local records="$OUT/$name.json"
   [ -s "$records" ] || records="$OUT/$name.jsonl"  # pytest-benchmark leaves its JSON empty when stopped
-  [ -s "$records" ] && "$PY" benchmarks/report.py "$records" --out "$OUT/$name.md"
+  [ -s "$records" ] && "$PY" benchmarks/report.py "$records" --out "$OUT/$name.md" ${HR2G_COMMIT:+--commit "$HR2G_COMMIT"}
 }
 
 # Two halves, so that each fits one 10-minute call (Inductor compiling the OTAM reference for the

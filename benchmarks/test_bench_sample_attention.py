@@ -16,8 +16,8 @@ must equal ``FlopCounterMode``'s count of the reference backend.  The paper repo
 next to the paper's, with each variant's ratio to ISC.
 
 (b) ``test_bench_sample_attention``: the attention op alone at episode shapes, forward and
-forward + backward.  Providers: the fused kernel, SDPA with a boolean support mask, SDPA on the
-sliced support keys (what a careful PyTorch user would write), and the reference.  Every
+forward + backward.  Providers: the fused kernel, SDPA with the support mask (additive, aligned,
+built once: :func:`sdpa_support_mask`), SDPA on the sliced support keys (what a careful PyTorch user would write), and the reference.  Every
 provider's output (and gradients) must agree with the reference before anything is timed.
 
 Without CUDA (smoke mode) each provider runs once on a shrunken batch, Triton under the
@@ -142,18 +142,37 @@ def _work(w: Workload, backward: bool, elem_bytes: int) -> dict:
     return dict(flops=mm * (6 if backward else 2), nbytes=fwd_bytes + (bwd_bytes if backward else 0))
 
 
-def _provider_fn(provider: str):
+def sdpa_support_mask(samples: int, support: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """SDPA's best form of the support mask, built once outside the timed call: additive (0 or
+    -inf) in the inputs' dtype, so SDPA does not convert a boolean one per call, with rows padded
+    to 16 elements so its memory-efficient kernel does not copy it to aligned storage per call."""
+    buf = torch.zeros(samples, -(-samples // 16) * 16, dtype=dtype, device=device)
+    buf[:, support:] = float("-inf")
+    return buf[:, :samples]  # [S, S], row stride a multiple of 16
+
+
+def _provider_fn(provider: str, mask: torch.Tensor):
     if provider == "fused":
         return lambda q, k, v, ns: ops.sample_attention(q, k, v, ns, backend="triton")
     if provider == "sdpa_mask":
-        def masked(q, k, v, ns):
-            s = q.shape[2]
-            mask = (torch.arange(s, device=q.device) < ns).expand(s, s)  # [S, S], True = attend
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return masked
+        return lambda q, k, v, ns: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if provider == "sdpa_slice":
         return lambda q, k, v, ns: F.scaled_dot_product_attention(q, k[:, :, :ns], v[:, :, :ns])
     return sample_attention_ref
+
+
+def _sdpa_backend(provider: str, q, k, v, mask, ns: int) -> str | None:
+    """The kernel SDPA picks for these inputs (flash, efficient, cuDNN or the math fallback)."""
+    if not provider.startswith("sdpa"):
+        return None
+    if provider == "sdpa_slice":
+        k, v, mask = k[:, :, :ns], v[:, :, :ns], None
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(q, k, v, attn_mask=mask)).name
+    except Exception as exc:  # a private helper: its absence must not cost the figure
+        return f"unknown ({type(exc).__name__})"
 
 
 def _step(fn, q, k, v, ns, grad, backward: bool):
@@ -180,7 +199,8 @@ def test_bench_sample_attention(run_bench, device, workload, mode, dtype, provid
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, grad = (torch.randn(w.batch, w.heads, w.samples, w.head_dim, generator=g).to(device, dt) for _ in range(4))
     q, k, v = (x.requires_grad_(backward) for x in (q, k, v))
-    fn = _provider_fn(provider)
+    mask = sdpa_support_mask(w.samples, w.support, dt, device)
+    fn = _provider_fn(provider, mask)
 
     # agree before timing
     got = [x.detach().clone() for x in _step(fn, q, k, v, w.support, grad, backward)]
@@ -194,5 +214,6 @@ def test_bench_sample_attention(run_bench, device, workload, mode, dtype, provid
     out = run_bench(lambda: _step(fn, q, k, v, w.support, grad, backward), flops=work["flops"], nbytes=work["nbytes"],
                     workload=workload, mode=mode, dtype=dtype, provider=provider, batch=w.batch, heads=w.heads,
                     samples=w.samples, support=w.support, head_dim=w.head_dim,
-                    work_flops=work["flops"], work_bytes=work["nbytes"])
+                    work_flops=work["flops"], work_bytes=work["nbytes"],
+                    sdpa_backend=_sdpa_backend(provider, q, k, v, mask, w.support))
     assert all(torch.isfinite(x).all() for x in out)
