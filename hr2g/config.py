@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class TrainConfig:
     log_every: int = 50  # steps between CSV log rows
     checkpoint_every: int = 500  # steps between mid-epoch last.pt checkpoints (0: only at epoch ends and on SIGINT/SIGTERM)
     tensorboard: bool = False  # also write the log's scalars to <out_dir>/tb (needs the tensorboard package)
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dist_timeout_min: int = 120  # torchrun: minutes a rank may wait at a collective; rank 0 validates (and tests) alone while the others wait, and NCCL's default of 10 aborts a run whose validation decodes longer
 
     def validate(self) -> None:
@@ -145,7 +146,7 @@ class TrainConfig:
         _range("train.test_episodes", self.test_episodes, 0, None)
         _range("train.log_every", self.log_every, 1, None)
         _range("train.checkpoint_every", self.checkpoint_every, 0, None)
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_device("train.device", self.device)
         _range("train.dist_timeout_min", self.dist_timeout_min, 1, None)
 
 
@@ -200,6 +201,15 @@ class Config:
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{sec}.{k}: {v!r} -> {theirs[sec][k]!r}" for sec, values in mine.items() for k, v in values.items()
                 if theirs[sec][k] != v]
+
+
+DEVICE_HELP = "auto (cuda if available) | cpu | cuda | cuda:N (GPU N)"
+
+
+def check_device(name: str, value) -> None:
+    """``auto``, ``cpu``, ``cuda`` (the current GPU) or ``cuda:N``."""
+    if not (value in ("auto", "cpu", "cuda") or (isinstance(value, str) and re.fullmatch(r"cuda:\d+", value))):
+        raise ValueError(f"{name}={value!r} is not a device; choose {DEVICE_HELP}")
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -45,11 +45,17 @@ RUN_FILES = ("last.pt", "best.pt", "log.csv", "unreadable_videos.json")
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a device that exists here (a one-line error otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but torch.cuda.is_available() is False")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {name} requested but torch.cuda.is_available() is False")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA devices are visible "
+                             "(CUDA_VISIBLE_DEVICES numbers them from 0)")
+    return device
 
 
 def backend_report(backend: str, device: torch.device) -> list[str]:

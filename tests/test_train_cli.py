@@ -3,6 +3,7 @@ folders that are not clobbered, and mistakes reported before any work is done.""
 import json
 
 import pytest
+import torch
 
 from hr2g import checkpoint
 from hr2g import evaluate as evaluate_cli
@@ -67,6 +68,7 @@ def test_a_new_run_does_not_clobber_an_existing_one(run):
     (["--config", "afile"], r"^error: --config afile: not valid JSON"),
     (["--config", "typo.json"], r"^error: --config typo.json: .*model.backbon"),
     (["--dataset", "hmdb51", "--data-root", "DATA"], r"^error: data root /.*/DATA does not exist or is not a folder"),
+    (["--set", "train.device=gpu"], r"train.device='gpu' is not a device; choose auto .* cuda:N"),
 ])
 def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -240,3 +242,18 @@ def test_ctrl_c_in_evaluate_keeps_the_finished_shots(run, tmp_path, monkeypatch,
     assert exc.value.code == 130
     assert "interrupted; 1 of 2 shot settings finished, 1 written to" in capsys.readouterr().err
     assert [r["k_shot"] for r in json.loads(out.read_text())] == [1]
+
+
+def test_device_names_a_gpu_by_index_and_one_not_there_is_an_error(monkeypatch, capsys):
+    from hr2g.training import resolve_device
+
+    with pytest.raises(SystemExit):
+        train_cli.main(TINY + ["--device", "gpu1"])
+    assert "argument --device: 'gpu1' is not a device; choose auto" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^error: --device cuda:1 requested but torch.cuda.is_available\(\) is False"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(SystemExit, match=r"^error: --device cuda:2: only 2 CUDA devices are visible"):
+        resolve_device("cuda:2")
