@@ -214,7 +214,8 @@ def render(data: dict, rows: list[Row], commit: str | None = None) -> str:
                 lines.append(f"| {r.label} | {r.provider} | untimed | | | | | |")
                 continue
             piped = _time(r.extra["pipelined_s"]) if r.extra.get("pipelined_s") else ""
-            lines.append(f"| {r.label} | {r.provider} | {_time(r.median)} | {_time(r.iqr)} | {r.rounds} | "
+            kernel = f" ({r.extra['sdpa_backend']})" if r.extra.get("sdpa_backend") else ""  # the kernel SDPA picked
+            lines.append(f"| {r.label} | {r.provider}{kernel} | {_time(r.median)} | {_time(r.iqr)} | {r.rounds} | "
                          f"{'' if up is None else f'{up:.2f}x'} | {piped} | {tput} |")
     lines += _table5(rows)
     found = targets(rows)

@@ -177,6 +177,12 @@ def test_a_run_without_git_names_the_commit_given_or_none(tmp_path, capsys):
     assert "commit a3358b2." in capsys.readouterr().out
 
 
+def test_the_kernel_sdpa_picked_is_named(tmp_path):
+    path = _write(tmp_path, [_bench("test_bench_sample_attention", dict(workload="w", provider="sdpa_mask"), 1e-5,
+                                    sdpa_backend="EFFICIENT_ATTENTION")])
+    assert "| w | sdpa_mask (EFFICIENT_ATTENTION) | 10 µs |" in report.render(*report.load(path))
+
+
 def test_back_to_back_times_are_shown_beside_the_per_call_verdict(tmp_path):
     path = _write(tmp_path, [_otam("train_5w1s", "triton", 1e-4, pipelined_s=2e-5),
                              _otam("train_5w1s", "torch", 4e-3, pipelined_s=3e-3)])
