@@ -31,12 +31,14 @@ import numpy as np
 import torch
 
 from hr2g.data.base import VideoDataset, VideoReadError, per_video, tsn_indices
+from hr2g.data.dali import DaliSetupError
 from hr2g.data.presets import (DEFAULT_SPLIT_SUBDIR, DatasetPreset, find_annotation_files, find_label_file,
                                 find_split_file, get_preset)
 from hr2g.data.splits import Split, locate_videos, read_split, validate_root
 from hr2g.data.transforms import eval_transform, train_transform
 from hr2g.data.video import (FrameFolderInfo, ShortVideo, VideoInfo, decode_frames, probe_frame_folder, probe_video,
                              read_frame_files)
+from hr2g.errors import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,9 @@ class BenchmarkDataset(VideoDataset):
         self._backend: tuple[int, str, object] | None = None  # (pid, "pyav"|"dali", DaliReader|None)
         self._warned_codecs: set[str] = set()
         self.dali_fallbacks = 0  # videos DALI failed on and PyAV / PIL was asked instead (this process)
+        # videos DALI failed on once: PyAV / PIL from then on (a refusal -- NVDEC's minimum size, a
+        # profile it lacks, a header overstating the length -- repeats, and costs its batch a rerun)
+        self._dali_refused: set[int] = set()
 
     @classmethod
     def from_config(cls, cfg, split: str, device: torch.device | None = None) -> "BenchmarkDataset":
@@ -246,27 +251,45 @@ class BenchmarkDataset(VideoDataset):
         backend, reader = self._reader()
         if backend == "dali" and self._dali_can_read(index, reader):
             info = self._info(index)
-            if isinstance(info, FrameFolderInfo):
-                (out,) = reader.frame_folders([info.files], [indices], "raw")
+            try:
+                if isinstance(info, FrameFolderInfo):
+                    (out,) = reader.frame_folders([info.files], [indices], "raw")
+                else:
+                    (out,) = reader.videos([self._path(index)], [indices], "raw")
+            except DaliSetupError as exc:
+                self._dali_unusable(exc)
             else:
-                (out,) = reader.videos([self._path(index)], [indices], "raw")
-            if not isinstance(out, VideoReadError):
-                return out
-            self._note_dali_failure(out, reader)
+                if not isinstance(out, VideoReadError):
+                    return out
+                self._note_dali_failure(out, reader, index)
         return torch.from_numpy(self._pyav_raw(index, np.asarray(indices), False, np.random.default_rng(0)))
 
-    def _note_dali_failure(self, err: VideoReadError, reader) -> None:
+    def _dali_unusable(self, exc: Exception) -> None:
+        """DALI cannot build its pipeline here: stop (decoder="dali" was asked for) or decode with
+        PyAV / PIL from now on in this process, saying so once (decoder="auto")."""
+        if self.decoder == "dali":
+            raise SetupError(f"{self.split.name}: {exc}; pass --set data.decoder=pyav (or auto) to decode with "
+                             "PyAV / PIL") from exc
+        log.warning("%s: %s: decoding with PyAV / PIL instead (--set data.decoder=pyav says so up front)",
+                    self.split.name, exc)
+        self._backend = (os.getpid(), "pyav", None)
+
+    def _note_dali_failure(self, err: VideoReadError, reader, index: int) -> None:
         # DALI refuses streams PyAV reads fine (NVDEC: below its minimum frame size, 10-bit or 4:4:4
         # H.264, codec profiles the GPU lacks), so a DALI failure is retried with PyAV before the
-        # video counts as unreadable; the first one is logged, all are counted.
+        # video counts as unreadable, and the video goes to PyAV from then on; the first one is
+        # logged, all are counted.
         self.dali_fallbacks += 1
+        self._dali_refused.add(index)
         if self.dali_fallbacks == 1:
             log.warning("DALI (%s) could not decode %s (%s): retrying such videos with PyAV (counted in "
                         "dataset.dali_fallbacks)", reader.device, err.path, err.why)
 
     def _dali_can_read(self, index: int, reader) -> bool:
-        # (a video known to be shorter than its header still goes to DALI: frames inside it decode
-        # there as in a process that has not met it, frames past it fail there and PyAV draws again)
+        # (a video shorter than its header goes to DALI until a draw past its real end fails
+        # there and PyAV draws again; after that it is one of the refused)
+        if index in self._dali_refused:
+            return False
         info = self._info(index)
         if isinstance(info, FrameFolderInfo) or info.codec in reader.codecs:
             return True
@@ -325,11 +348,18 @@ class BenchmarkDataset(VideoDataset):
                 infos = [self._info(int(indices[k])) for k, _ in group]
                 sources = [info.files if isinstance(info, FrameFolderInfo) else self._path(int(indices[k]))
                            for (k, _), info in zip(group, infos)]
-                res = read(sources, [idx for _, idx in group], mode, sizes=[(info.height, info.width) for info in infos])
+                try:
+                    res = read(sources, [idx for _, idx in group], mode, sizes=[(info.height, info.width) for info in infos])
+                except DaliSetupError as exc:  # no clip's fault: all of them through PyAV / PIL below
+                    self._dali_unusable(exc)
+                    for k, _ in dali_videos + dali_frames:  # those a group before this one decoded stay
+                        out.setdefault(k, None)
+                    break
                 out.update({k: r for (k, _), r in zip(group, res)})
             for k, idx in dali_videos + dali_frames:  # what DALI could not decode, PyAV / PIL may
-                if isinstance(out[k], VideoReadError):
-                    self._note_dali_failure(out[k], reader)
+                if out[k] is None or isinstance(out[k], VideoReadError):
+                    if out[k] is not None:
+                        self._note_dali_failure(out[k], reader, int(indices[k]))
                     retried.add(k)
                     try:
                         out[k] = torch.from_numpy(self._pyav_raw(int(indices[k]), idx, train, rngs[k])).to(device)

@@ -93,6 +93,11 @@ def resolve_device(device: str = "auto") -> str:
     return "gpu" if cuda else "cpu"
 
 
+class DaliSetupError(RuntimeError):
+    """DALI cannot build its pipeline on this machine (no video is involved: a build takes none):
+    the decoder, not a video, is broken here."""
+
+
 class DaliReader:
     """Decode batches of clips with DALI.
 
@@ -161,6 +166,9 @@ class DaliReader:
         from nvidia.dali import fn, pipeline_def, types
 
         dec_device = "mixed" if self.device == "gpu" else "cpu"
+        # the mixed decoders' thread pools: not pinned to cores (pinned, every process of a node --
+        # DDP ranks -- pins its threads to the cores nearest the GPU, the same ones for all)
+        mixed = dict(affine=False) if self.device == "gpu" else {}
         size = self.image_size
         batch = self.max_batch if source == "video" else self.max_images
 
@@ -171,12 +179,17 @@ class DaliReader:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             if source == "video":
                 idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-                # pad_mode="edge": an index past a header-overstated end repeats the last frame
-                # (the PyAV path resamples for the real length instead) rather than a black frame
-                x = fn.decoders.video(encoded, device=dec_device, frames=idx, pad_mode="edge")  # [F, H, W, 3]
+                # pad_mode="none": an index past the real end of a video whose header overstates its
+                # length fails that video, so the PyAV path samples again over the frames that exist
+                # ("edge" returned the last frame repeated, "constant" black frames)
+                x = fn.decoders.video(encoded, device=dec_device, frames=idx, pad_mode="none", **mixed)  # [F, H, W, 3]
                 layout = "FCHW"
             else:
-                x = fn.decoders.image(encoded, device=dec_device, output_type=types.RGB)  # [H, W, 3]
+                # hw_decoder_load=0: every image through nvJPEG's CUDA decoder; by default 65 % of a
+                # batch goes to the hardware JPEG decoder, whose pixels differ, so a frame would
+                # depend on which other frames shared its batch
+                jpeg = dict(mixed, hw_decoder_load=0.0) if self.device == "gpu" else {}
+                x = fn.decoders.image(encoded, device=dec_device, output_type=types.RGB, **jpeg)  # [H, W, 3]
                 layout = "CHW"
             if mode == "raw":
                 return x
@@ -193,8 +206,11 @@ class DaliReader:
         return pipe()
 
     def _build(self, source: str, mode: str):
-        p = self._define(source, mode)
-        p.build()
+        try:
+            p = self._define(source, mode)
+            p.build()
+        except Exception as exc:  # no video is read while building: this machine's DALI is the problem
+            raise DaliSetupError(f"DALI cannot build its {self.device} {source} pipeline here ({_first_line(exc)})") from exc
         return p
 
     def _pipe(self, source: str, mode: str):
@@ -334,9 +350,13 @@ class DaliReader:
 
     def _run_or_isolate(self, source: str, mode: str, feeds: dict[str, list[np.ndarray]],
                         names: list[str]) -> list[torch.Tensor | VideoReadError]:
-        """Run one batch; when it fails, rerun sample by sample so one bad file costs only itself."""
+        """Run one batch; when it fails, rerun sample by sample so one bad file costs only itself.
+        A pipeline that cannot be built raises :class:`DaliSetupError` (that is no file's fault)."""
+        self._pipe(source, mode)  # built here, outside the per-file handling below
         try:
             return self._run(source, mode, feeds)
+        except DaliSetupError:
+            raise
         except Exception as exc:  # DALI raises RuntimeError for any decode failure inside the graph
             if len(names) == 1:
                 return [VideoReadError(names[0], f"DALI could not decode it ({_first_line(exc)})")]
@@ -355,7 +375,20 @@ def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, in
 
 
 def _first_line(exc: Exception) -> str:
+    """The cause in a DALI error: it starts "Critical error in pipeline: / Error in CPU operator
+    ... / which was used ... / <traceback> / encountered:" and the cause follows; an assertion
+    reads "Assert on ... failed: <cause>"."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # DALI's message starts with "Critical error in pipeline:"; the cause is further down
-    useful = [ln for ln in lines if "Assert" in ln or "Failed" in ln or ("rror" in ln and "Critical" not in ln)]
-    return (useful or lines or [type(exc).__name__])[0][:300]
+    for i, ln in enumerate(lines):
+        if ln == "encountered:" and i + 1 < len(lines):
+            return _first_line_of(lines[i + 1:])
+    return _first_line_of(lines) if lines else type(exc).__name__
+
+
+def _first_line_of(lines: list[str]) -> str:
+    for ln in lines:
+        if ln.startswith("Assert on") and "failed:" in ln:
+            return ln.split("failed:", 1)[1].strip()[:300]
+    rest = [ln for ln in lines if not ln.startswith("Critical error")] or lines  # DALI's header line
+    useful = [ln for ln in rest if "Assert" in ln or "Failed" in ln or "rror" in ln]
+    return (useful or rest)[0][:300]
