@@ -251,7 +251,9 @@ def test_a_video_dali_fails_on_is_decoded_by_pyav(tmp_path, monkeypatch, caplog)
     # refused once, the video goes to PyAV from then on (its batch is not run twice each time)
     assert not any(isinstance(c, VideoReadError) for c in got) and ds.dali_fallbacks == 1
     assert asked.count(refused) == 1
-    torch.testing.assert_close(got[1].cpu(), want.clip(1, False, np.random.default_rng(0)))  # PyAV's path, exactly
+    # PyAV's path: exactly on the CPU; on the GPU the resize runs there (CUDA's antialiasing rounds differently)
+    torch.testing.assert_close(got[1].cpu(), want.clip(1, False, np.random.default_rng(0)),
+                               **(dict(rtol=1e-4, atol=1e-4) if ON_GPU else {}))
     assert (got[0].cpu() - want.clip(0, False, np.random.default_rng(0))).abs().mean() <= TEST_MEAN
     assert torch.equal(raw.cpu(), want.read_raw(1, np.array([0, 3, 6, 9])))
     assert caplog.text.count("retrying such videos with PyAV") == 1 and "too small" in caplog.text
