@@ -83,24 +83,34 @@ def _pairs_class(pairs: int) -> int:
     return 0 if pairs <= 1024 else (1 if pairs <= 32768 else 2)
 
 
+def _inv_lam_log2(lam: float) -> float:
+    """``il2 = log2(e) / lam``, in fp64 on the host.  The kernels take every exp as
+    ``exp2(x * il2)``: on a GPU ``tl.exp(x / lam)`` is a division (2 ulp), a multiply by log2(e) and
+    ``ex2.approx``, and at lam = 0.1 the backward multiplies dozens of such soft-min weights, so the
+    extra roundings showed as a gradient error above twice the fp32 reference's in a GPU-maths
+    emulation of the interpreter (the divisions and square roots of the cosine distance are
+    ``div_rn`` / ``sqrt_rn`` for the same reason: fp32 ``/`` compiles to ``div.full``, 2 ulp)."""
+    return math.log2(math.e) / float(lam)
+
+
 # --------------------------------------------------------------------------- device helpers
 @triton.jit
-def _softmin2(a, b, lam):
+def _softmin2(a, b, lam, il2):
     m = tl.minimum(a, b)
-    return m - lam * tl.log(tl.exp((m - a) / lam) + tl.exp((m - b) / lam))
+    return m - lam * tl.log(tl.exp2((m - a) * il2) + tl.exp2((m - b) * il2))
 
 
 @triton.jit
-def _softmin3(a, b, c, lam):
+def _softmin3(a, b, c, lam, il2):
     m = tl.minimum(tl.minimum(a, b), c)
-    return m - lam * tl.log(tl.exp((m - a) / lam) + tl.exp((m - b) / lam) + tl.exp((m - c) / lam))
+    return m - lam * tl.log(tl.exp2((m - a) * il2) + tl.exp2((m - b) * il2) + tl.exp2((m - c) * il2))
 
 
 @triton.jit
-def _softmin_0x0(x, lam):
+def _softmin_0x0(x, lam, il2):
     # softmin(0, x, 0): column 1's (up-left, up, left) where up-left and left are the zero pad.
     m = tl.minimum(x, 0.0)
-    return m - lam * tl.log(2.0 * tl.exp(m / lam) + tl.exp((m - x) / lam))
+    return m - lam * tl.log(2.0 * tl.exp2(m * il2) + tl.exp2((m - x) * il2))
 
 
 @triton.jit
@@ -153,55 +163,55 @@ def _pair_distance(q_ptr, s_ptr, e, qi, pi, s_qe, s_qn, s_qt, s_qc, s_se, s_sn, 
         else:
             # bf16/fp16: exact products on the tensor cores, fp32 accumulation
             dots = tl.dot(qa, tl.trans(sa), dots)
-    nq = tl.sqrt(nq2)
-    ns = tl.sqrt(ns2)
+    nq = tl.sqrt_rn(nq2)
+    ns = tl.sqrt_rn(ns2)
     den = nq[:, None] * ns[None, :] + eps
-    return 1.0 - dots / den, dots, nq, ns, den
+    return 1.0 - tl.div_rn(dots, den), dots, nq, ns, den
 
 
 @triton.jit
-def _first_column(D, LA, lam, rows):
+def _first_column(D, LA, lam, il2, rows):
     """Spec column 1 of the DP, ``[BT]``: R[l,1] = D[l,0] + softmin(0, R[l-1,1], 0); row 0 is D[0,0]."""
     d0 = _column(D, rows, 0)
     s = _at(d0, rows, 0)
     col = tl.where(rows == 0, s, 0.0)
     for l in range(1, LA):
-        s = _at(d0, rows, l) + _softmin_0x0(s, lam)
+        s = _at(d0, rows, l) + _softmin_0x0(s, lam, il2)
         col = tl.where(rows == l, s, col)
     return col
 
 
 @triton.jit
-def _otam_dir_fwd(D, LA, LB, lam, BT: tl.constexpr):
+def _otam_dir_fwd(D, LA, LB, lam, il2, BT: tl.constexpr):
     """One-direction OTAM of the top-left ``[LA, LB]`` block of D (rows = DP rows)."""
     rows = tl.arange(0, BT)
-    col = _first_column(D, LA, lam, rows)
+    col = _first_column(D, LA, lam, il2, rows)
     # spec columns 2..Lb: softmin(up-left, left), every row at once; row 0 is the cumulative sum
     for j in range(1, LB):
         dj = _column(D, rows, j)
-        new = dj + _softmin2(_shift_down(col, rows), col, lam)
+        new = dj + _softmin2(_shift_down(col, rows), col, lam, il2)
         col = tl.where(rows == 0, col + dj, new)
     # spec column Lb+1 (zero padding): Z[0] = R[0,Lb], Z[l] = softmin(R[l-1,Lb], Z[l-1], R[l,Lb])
     z = _at(col, rows, 0)
     prev = z
     for l in range(1, LA):
         cur = _at(col, rows, l)
-        z = _softmin3(prev, z, cur, lam)
+        z = _softmin3(prev, z, cur, lam, il2)
         prev = cur
     return z
 
 
 @triton.jit
-def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
+def _otam_dir_grad(D, LA, LB, lam, il2, BT: tl.constexpr):
     """d OTAM / d D for one direction, ``[BT, BT]`` (zero outside the ``[LA, LB]`` block)."""
     rows = tl.arange(0, BT)
     cols = tl.arange(0, BT)
     # ---- forward, keeping the table S[l, j] = R[l, j+1] and the padding column Z
-    col = _first_column(D, LA, lam, rows)
+    col = _first_column(D, LA, lam, il2, rows)
     table = tl.where(cols[None, :] == 0, col[:, None], tl.zeros((BT, BT), dtype=tl.float32))
     for j in range(1, LB):
         dj = _column(D, cols, j)
-        new = dj + _softmin2(_shift_down(col, rows), col, lam)
+        new = dj + _softmin2(_shift_down(col, rows), col, lam, il2)
         col = tl.where(rows == 0, col + dj, new)
         table = tl.where(cols[None, :] == j, col[:, None], table)
     z = _at(col, rows, 0)
@@ -209,7 +219,7 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
     prev = z
     for l in range(1, LA):
         cur = _at(col, rows, l)
-        z = _softmin3(prev, z, cur, lam)
+        z = _softmin3(prev, z, cur, lam, il2)
         zvec = tl.where(rows == l, z, zvec)
         prev = cur
     # ---- backward.  Padding column, bottom-up: Z[l] spreads its adjoint over
@@ -219,9 +229,9 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
     for k in range(0, LA - 1):
         l = LA - 1 - k
         zl = _at(zvec, rows, l)
-        e += tl.where(rows == l - 1, ez * tl.exp((zl - _at(col, rows, l - 1)) / lam), 0.0)
-        e += tl.where(rows == l, ez * tl.exp((zl - _at(col, rows, l)) / lam), 0.0)
-        ez = ez * tl.exp((zl - _at(zvec, rows, l - 1)) / lam)
+        e += tl.where(rows == l - 1, ez * tl.exp2((zl - _at(col, rows, l - 1)) * il2), 0.0)
+        e += tl.where(rows == l, ez * tl.exp2((zl - _at(col, rows, l)) * il2), 0.0)
+        ez = ez * tl.exp2((zl - _at(zvec, rows, l - 1)) * il2)
     e += tl.where(rows == 0, ez, 0.0)  # Z[0] = S[0, LB-1]
     # Columns LB-1 .. 1, right to left: D[:, j] enters S[:, j] additively, so dD[:, j] = e; then
     # e moves to column j-1 through (left, up-left); row 0 (cumulative sum) passes it on whole.
@@ -231,9 +241,9 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
         grad = tl.where(cols[None, :] == j, e[:, None], grad)
         left = _column(table, cols, j - 1)
         upleft = _shift_down(left, rows)
-        v = _softmin2(upleft, left, lam)
-        w_left = tl.where(rows == 0, 1.0, tl.exp((v - left) / lam))
-        w_up = tl.where((rows == 0) | (rows >= LA), 0.0, tl.exp((v - upleft) / lam))
+        v = _softmin2(upleft, left, lam, il2)
+        w_left = tl.where(rows == 0, 1.0, tl.exp2((v - left) * il2))
+        w_up = tl.where((rows == 0) | (rows >= LA), 0.0, tl.exp2((v - upleft) * il2))
         e = tl.where(rows < LA, e * w_left, 0.0) + _shift_up(e * w_up, rows)
     # Column 0, bottom-up: S[l,0] = D[l,0] + softmin(0, S[l-1,0], 0) hands S[l-1,0] the share
     # exp((softmin - S[l-1,0]) / lam) of its adjoint.
@@ -245,7 +255,7 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
         el = _at(e, rows, l) + carry
         g0 = tl.where(rows == l, el, g0)
         above = _at(col0, rows, l - 1)
-        carry = el * tl.exp((_softmin_0x0(above, lam) - above) / lam)
+        carry = el * tl.exp2((_softmin_0x0(above, lam, il2) - above) * il2)
     return tl.where(cols[None, :] == 0, g0[:, None], grad)
 
 
@@ -254,7 +264,7 @@ def _otam_dir_grad(D, LA, LB, lam, BT: tl.constexpr):
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit(do_not_specialize=["PAIRS_CLASS"])  # a tuning key only: one compiled kernel for every class
 def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C, PAIRS_CLASS,
-                     s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, lam, eps,
+                     s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, lam, il2, eps,
                      BT: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     pi = pid % P
@@ -262,7 +272,7 @@ def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C, PAIRS_CLASS,
     e = pid // (P * Q)
     D, _, _, _, _ = _pair_distance(q_ptr, s_ptr, e, qi, pi, s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc,
                                    T, TP, C, eps, BT, BLOCK_C, DOT_FP32)
-    dist = _otam_dir_fwd(D, T, TP, lam, BT) + _otam_dir_fwd(tl.trans(D), TP, T, lam, BT)
+    dist = _otam_dir_fwd(D, T, TP, lam, il2, BT) + _otam_dir_fwd(tl.trans(D), TP, T, lam, il2, BT)
     tl.store(out_ptr + pid, dist.to(out_ptr.dtype.element_ty))
 
 
@@ -270,7 +280,7 @@ def _otam_fwd_kernel(q_ptr, s_ptr, out_ptr, Q, P, T, TP, C, PAIRS_CLASS,
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit(do_not_specialize=["PAIRS_CLASS"])
 def _otam_bwd_kernel(q_ptr, s_ptr, g_ptr, w_ptr, rq_ptr, rs_ptr, Q, P, T, TP, C, PAIRS_CLASS,
-                     s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, s_g, lam, eps,
+                     s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc, s_g, lam, il2, eps,
                      BT: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr):
     """Per pair: ``w = dL/d(a_i.b_j)`` [T, T'], ``rq = (dL/d|a_i|) / |a_i|`` [T],
     ``rs = (dL/d|b_j|) / |b_j|`` [T'], so that ``dL/da_i = sum_j w_ij b_j + rq_i a_i``."""
@@ -281,14 +291,14 @@ def _otam_bwd_kernel(q_ptr, s_ptr, g_ptr, w_ptr, rq_ptr, rs_ptr, Q, P, T, TP, C,
     D, dots, nq, ns, den = _pair_distance(q_ptr, s_ptr, e, qi, pi, s_qe, s_qn, s_qt, s_qc, s_se, s_sn, s_st, s_sc,
                                           T, TP, C, eps, BT, BLOCK_C, DOT_FP32)
     g = tl.load(g_ptr + pid * s_g).to(tl.float32)
-    gd = _otam_dir_grad(D, T, TP, lam, BT) + tl.trans(_otam_dir_grad(tl.trans(D), TP, T, lam, BT))
+    gd = _otam_dir_grad(D, T, TP, lam, il2, BT) + tl.trans(_otam_dir_grad(tl.trans(D), TP, T, lam, il2, BT))
     gd = gd * g  # dL/dD, [BT, BT]
     # D = 1 - dot / (|a||b| + eps):  dD/d dot = -1/den,  dD/d|a_i| = dot |b_j| / den^2
-    w = -gd / den
-    k = -w * (dots / den)  # not gd * dots / den^2: den^2 overflows fp32 from feature norms of ~4e9 on
+    w = -tl.div_rn(gd, den)
+    k = -w * tl.div_rn(dots, den)  # not gd * dots / den^2: den^2 overflows fp32 from feature norms of ~4e9 on
     # |a| = 0 means a = 0: d|a|/da is a subgradient there; take 0 like torch.linalg.norm
-    rq = tl.where(nq > 0, tl.sum(k * ns[None, :], axis=1) / tl.where(nq > 0, nq, 1.0), 0.0)
-    rs = tl.where(ns > 0, tl.sum(k * nq[:, None], axis=0) / tl.where(ns > 0, ns, 1.0), 0.0)
+    rq = tl.where(nq > 0, tl.div_rn(tl.sum(k * ns[None, :], axis=1), tl.where(nq > 0, nq, 1.0)), 0.0)
+    rs = tl.where(ns > 0, tl.div_rn(tl.sum(k * nq[:, None], axis=0), tl.where(ns > 0, ns, 1.0)), 0.0)
     rows = tl.arange(0, BT)
     w_base = w_ptr + pid * T * TP
     tl.store(w_base + rows[:, None] * TP + rows[None, :], w, mask=(rows[:, None] < T) & (rows[None, :] < TP))
@@ -325,7 +335,7 @@ def _forward(query: torch.Tensor, support: torch.Tensor, lam: float) -> torch.Te
     if out.numel() == 0:
         return out
     with _on_device(query):
-        _otam_fwd_kernel[(e * q * p,)](query, support, out, *_launch_args(query, support), float(lam), OTAM_COS_EPS,
+        _otam_fwd_kernel[(e * q * p,)](query, support, out, *_launch_args(query, support), float(lam), _inv_lam_log2(lam), OTAM_COS_EPS,
                                        BT=_block_t(t, tp), DOT_FP32=_dot_fp32(query))
     return out
 
@@ -343,7 +353,7 @@ def _backward(grad: torch.Tensor, query: torch.Tensor, support: torch.Tensor, la
     rs = torch.empty((e, q, p, tp), **f32)
     with _on_device(query):
         _otam_bwd_kernel[(e * q * p,)](query, support, grad, w, rq, rs, *_launch_args(query, support), grad.stride(0),
-                                       float(lam), OTAM_COS_EPS, BT=_block_t(t, tp), DOT_FP32=_dot_fp32(query))
+                                       float(lam), _inv_lam_log2(lam), OTAM_COS_EPS, BT=_block_t(t, tp), DOT_FP32=_dot_fp32(query))
     qf, sf = query.float(), support.float()
     dq = torch.einsum("eqpij,epjc->eqic", w, sf) + qf * rq.sum(2)[..., None]  # [E, Q, T, C]
     ds = torch.einsum("eqpij,eqic->epjc", w, qf) + sf * rs.sum(1)[..., None]  # [E, P, T', C]

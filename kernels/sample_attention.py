@@ -246,11 +246,21 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool, preci
 
 
 def _precision(x: torch.Tensor) -> tuple[bool, str]:
-    """(UPCAST, PRECISION): fp32 tiles everywhere under the interpreter; TF32 only where torch's
-    own fp32 matmuls would use it."""
+    """(UPCAST, PRECISION): fp32 tiles everywhere under the interpreter; TF32 only for fp32 CUDA
+    inputs, and only where torch's own fp32 matmuls would use it."""
     upcast = x.dtype == torch.float32 or _INTERPRET
-    tf32 = x.is_cuda and torch.get_float32_matmul_precision() != "highest"
+    tf32 = x.is_cuda and x.dtype == torch.float32 and _torch_matmul_uses_tf32()
     return upcast, "tf32" if tf32 else "ieee"
+
+
+def _torch_matmul_uses_tf32() -> bool:
+    # torch >= 2.9's fp32_precision ("tf32" | "ieee" | "none" = ieee) follows the old API too
+    # (set_float32_matmul_precision("high"), allow_tf32 = True); the old getter raises once a
+    # process has used the new API (torch.backends.fp32_precision = ..., by any library)
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return torch.get_float32_matmul_precision() != "highest"
 
 
 def _on_device(x: torch.Tensor):

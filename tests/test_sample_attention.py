@@ -453,3 +453,26 @@ def test_torch_compile_inductor_gpu(cuda_device):
     for a, b in zip(eager_x, comp_x):
         # inductor may fuse sin differently from eager: one bf16 rounding apart at most
         torch.testing.assert_close(b.grad, a.grad, rtol=2**-7, atol=2**-7)
+
+
+def test_tf32_follows_torch_old_and_new_precision_apis():
+    """The kernel used TF32 for fp32 where torch.get_float32_matmul_precision() allowed it, but that
+    getter raises once a process has used torch's new API (torch.backends.fp32_precision, set by
+    any library): every CUDA call of the op then failed.  Run in a child: the settings are global."""
+    import subprocess
+    import sys
+
+    def child(settings: str) -> str:
+        code = f"import torch; from kernels.sample_attention import _torch_matmul_uses_tf32 as f; r = [f()]; {settings}; print(r)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "TRITON_INTERPRET": "1"},
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    legacy = ("torch.set_float32_matmul_precision('high'); r.append(f()); "
+              "torch.set_float32_matmul_precision('highest'); r.append(f())")
+    assert child(legacy) == "[False, True, False]"
+    new = ("torch.backends.fp32_precision = 'tf32'; r.append(f()); "
+           "torch.backends.cuda.matmul.fp32_precision = 'ieee'; r.append(f())")
+    assert child(new) == "[False, True, False]"
