@@ -8,17 +8,19 @@ import os
 import tempfile
 from pathlib import Path
 
-from hr2g.config import DEVICE_HELP, Config, check_device, set_field
+from hr2g.config import DEVICE_HELP, Config, is_device, set_field
 from hr2g.configs import PRESETS, get_preset
 
 
-def device_arg(text: str) -> str:
-    """argparse ``type`` of every ``--device``: auto, cpu, cuda or cuda:N."""
-    try:
-        check_device("--device", text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split("=", 1)[1]) from None
+def _device_arg(text: str) -> str:
+    if not is_device(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose {DEVICE_HELP}")
     return text
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    """Every command's ``--device``: auto, cpu, cuda or cuda:N."""
+    p.add_argument("--device", default=default, type=_device_arg, help=f"where to run: {DEVICE_HELP}")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ways", type=int, default=None, help="N, classes per episode")
     p.add_argument("--backend", default=None, help="op backend: auto, triton, ext, torch (default: torch; --fused means auto)")
     p.add_argument("--fused", action="store_true", help="use the fused kernels (Triton / C++ / CUDA) wherever they apply")
-    p.add_argument("--device", default=None, type=device_arg, help=f"where to run: {DEVICE_HELP}")
+    add_device_arg(p, None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set model.ikt_kappa=0.5 (repeatable)")
     p.add_argument("--config", default=None, help="JSON config file (as written to <out_dir>/config.json) to start from")

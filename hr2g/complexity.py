@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from hr2g.cli import device_arg
-from hr2g.config import DEVICE_HELP
+from hr2g.cli import add_device_arg
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.complexity")
@@ -303,7 +302,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None, help="T, frames per video (default: the config's data.frames)")
     p.add_argument("--backend", default=None, choices=BACKEND_CHOICES, help="op backend (default: the config's)")
     p.add_argument("--fused", action="store_true", help="use the fused kernels where they apply (backend auto)")
-    p.add_argument("--device", default="auto", type=device_arg, help=f"where to run: {DEVICE_HELP}")
+    add_device_arg(p, "auto")
     p.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median reported; default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")

@@ -146,7 +146,8 @@ class TrainConfig:
         _range("train.test_episodes", self.test_episodes, 0, None)
         _range("train.log_every", self.log_every, 1, None)
         _range("train.checkpoint_every", self.checkpoint_every, 0, None)
-        check_device("train.device", self.device)
+        if not is_device(self.device):
+            raise ValueError(f"train.device={self.device!r} is not a device; choose {DEVICE_HELP}")
         _range("train.dist_timeout_min", self.dist_timeout_min, 1, None)
 
 
@@ -206,10 +207,9 @@ class Config:
 DEVICE_HELP = "auto (cuda if available) | cpu | cuda | cuda:N (GPU N)"
 
 
-def check_device(name: str, value) -> None:
+def is_device(value) -> bool:
     """``auto``, ``cpu``, ``cuda`` (the current GPU) or ``cuda:N``."""
-    if not (value in ("auto", "cpu", "cuda") or (isinstance(value, str) and re.fullmatch(r"cuda:\d+", value))):
-        raise ValueError(f"{name}={value!r} is not a device; choose {DEVICE_HELP}")
+    return value in ("auto", "cpu", "cuda") or (isinstance(value, str) and re.fullmatch(r"cuda:\d+", value) is not None)
 
 
 def _choice(name: str, value, allowed) -> None:

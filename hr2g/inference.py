@@ -9,15 +9,15 @@ import argparse
 
 import torch
 
-from hr2g.cli import device_arg
-from hr2g.config import BACKEND_CHOICES, DEVICE_HELP, Config
+from hr2g.cli import add_device_arg
+from hr2g.config import BACKEND_CHOICES, Config
 from hr2g.data.base import VideoDataset
 from hr2g.model.model import HR2G
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by hr2g.train (last.pt or best.pt)")
-    p.add_argument("--device", default="auto", type=device_arg, help=f"where to run: {DEVICE_HELP}")
+    add_device_arg(p, "auto")
     p.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
                    help="op backend override (default: the checkpoint's, normally torch)")
     p.add_argument("--fused", action="store_true", help="use the fused kernels where they apply (backend auto)")

@@ -355,8 +355,6 @@ class DaliReader:
         self._pipe(source, mode)  # built here, outside the per-file handling below
         try:
             return self._run(source, mode, feeds)
-        except DaliSetupError:
-            raise
         except Exception as exc:  # DALI raises RuntimeError for any decode failure inside the graph
             if len(names) == 1:
                 return [VideoReadError(names[0], f"DALI could not decode it ({_first_line(exc)})")]
