@@ -10,8 +10,11 @@ Forward (FlashAttention-style online softmax).  Grid ``(B*H, cdiv(S, BLOCK_M))``
 ``BLOCK_M`` query rows and walks the keys ``[0, n_kv)`` in blocks of ``BLOCK_N`` with a running max
 and sum, so S has no register-imposed limit.  The key loop stops at ``n_kv``; the tail of its
 last block loads as zeros and gets logits of ``-inf``.  ``n_kv >= 1`` gives every row one real key,
-so no row's normaliser is zero.  It writes the output and the natural-log log-sum-exp of the scaled
-scores (``lse [B, H, S]``, fp32), which the backward uses to rebuild the probabilities.
+so no row's normaliser is zero.  It writes the output and the log-sum-exp of the scaled scores in
+base 2, as the kernel works (``lse [B, H, S]`` = natural lse x log2(e), fp32), which the backward
+uses to rebuild the probabilities with the forward's own ``qk_scale``: converted to natural log
+and back, and scaled by another rounding of log2(e)/sqrt(d), it was off by an ulp or two of ~100
+at large logits, which is ~5e-6 of every probability.
 
 Backward (FlashAttention-2 style), one launch with two kinds of programs.  Grid
 ``(B*H, cdiv(S, BLOCK_M) + cdiv(S, BLOCK_N))``:
@@ -21,14 +24,19 @@ Backward (FlashAttention-2 style), one launch with two kinds of programs.  Grid
 * the rest own key rows and accumulate ``dk``, ``dv`` over the query blocks; key blocks at or
   beyond ``n_kv`` store zeros without looping (a masked key gets no gradient).
 
-With ``p = exp(s - lse)``, ``delta_i = sum_d dO_id O_id`` and ``ds = p (dO v^T - delta)``:
-``dv = p^T dO``, ``dq = ds k / sqrt(d)``, ``dk = ds^T q / sqrt(d)``.  Each program recomputes
-``delta`` for the rows it touches from O and dO (one extra read of O) instead of a separate
-pre-pass launch: a 5-way 1-shot episode's backward (B*H = 64, S = 10, d = 64, bf16) moves ~0.7 MB,
-a fraction of a microsecond at H100 bandwidth, against several microseconds per launch.  No atomics, so the
-gradients are deterministic.  The op also returns ``lse`` and is differentiable through it
-(``d lse_i / d s_ij = p_ij`` folds into ``delta``), so the custom op's autograd is honest for both
-outputs.
+With ``p = exp(s - lse)``, ``delta_i = sum_j p_ij dp_ij`` and ``ds = p (dp - delta)``, ``dp =
+dO v^T``: ``dv = p^T dO``, ``dq = ds k / sqrt(d)``, ``dk = ds^T q / sqrt(d)``.  When all keys fit in
+one block (``ONE_KV_BLOCK``: S up to 16-64 by dtype and head dim, every episode shape), each
+program holds whole rows of scores: it recomputes the softmax from them as the reference does
+(max shift, normalised; the lse's rounding is ~5e-6 of every p at logits ~100) and takes
+``delta`` from the tile as the reference's softmax backward does, so a lone key (n_support = 1)
+gets ``ds = 0`` exactly.  With several key blocks each program
+recomputes ``delta_i = sum_d dO_id O_id`` (equal in exact arithmetic) for its rows from O and dO
+(one extra read of O) instead of a separate pre-pass launch: a 5-way 1-shot episode's backward
+(B*H = 64, S = 10, d = 64, bf16) moves ~0.7 MB, a fraction of a microsecond at H100 bandwidth,
+against several microseconds per launch.  No atomics, so the gradients are deterministic.  The op
+also returns ``lse`` and is differentiable through it (``d lse_i / d s_ij = log2(e) p_ij`` folds
+into ``delta``), so the custom op's autograd is honest for both outputs.
 
 Blocks are powers of two and at least 16 (``tl.dot`` needs every dim >= 16 on the GPU); the head
 dim is padded to ``BLOCK_D = max(16, next_pow2(d))`` and masked.  Accumulation is fp32.  fp32 inputs
@@ -92,13 +100,43 @@ def _store_tile(ptr, base, rows, n_rows, offs_d, D, val):
 
 
 @triton.jit
-def _row_delta(o_ptr, do, glse_ptr, base, row_base, rows, S, offs_d, D, HAS_GLSE: tl.constexpr):
-    """``rowsum(dO * O) - dlse`` for ``rows`` (fp32): the term every ``ds`` of the row subtracts."""
-    o = _load_tile(o_ptr, base, rows, S, offs_d, D, True)
-    delta = tl.sum(do.to(tl.float32) * o, axis=1)
+def _minus_lse_grad(delta, glse_ptr, row_base, rows, S, HAS_GLSE: tl.constexpr):
+    """``delta - dlse`` (fp32): the lse output is in log2 units, d lse2_i / d s_ij = log2(e) p_ij."""
     if HAS_GLSE:
-        delta -= tl.load(glse_ptr + row_base + rows, mask=rows < S, other=0.0).to(tl.float32)
+        delta -= tl.load(glse_ptr + row_base + rows, mask=rows < S, other=0.0).to(tl.float32) * 1.4426950408889634
     return delta
+
+
+@triton.jit
+def _softmax_rows(s, valid):
+    """softmax over axis 1 of the log2-scaled scores ``s`` where ``valid`` (0 elsewhere): what a
+    program that holds all keys computes instead of ``exp2(s - lse)``.
+
+    The forward's lse is rounded (an ulp at logits ~100 is ~5e-6 of every p, the same factor
+    over a row, which ``rowsum(p * dp)`` would carry into every ds), and the backward's scores
+    may round differently from the forward's.  Shifted by the tile's own max and normalised, as
+    the reference's softmax, a lone key gets p = exp2(0) / 1 = 1 exactly and ds = dp - dp = 0.
+    (``/``, not ``div_rn``: IEEE division is a subroutine call on sm_90, which put 24 B on the
+    stack of the 32 x 32 x d32 fp32 backward with Triton 3.6.)"""
+    s = tl.where(valid, s, float("-inf"))
+    e = tl.exp2(s - tl.max(s, axis=1)[:, None])  # each row has a valid key: a finite max
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def _softmax_cols(st, valid):
+    """:func:`_softmax_rows` of ``st``'s transpose (keys x rows)."""
+    st = tl.where(valid, st, float("-inf"))
+    e = tl.exp2(st - tl.max(st, axis=0)[None, :])
+    return e / tl.sum(e, axis=0)[None, :]
+
+
+@triton.jit
+def _row_delta(o_ptr, do, glse_ptr, base, row_base, rows, S, offs_d, D, HAS_GLSE: tl.constexpr):
+    """``rowsum(dO * O) - dlse`` for ``rows`` (fp32): the term every ``ds`` of the row subtracts,
+    when the keys span several blocks (otherwise the backward sums ``p * dp`` over its tile)."""
+    o = _load_tile(o_ptr, base, rows, S, offs_d, D, True)
+    return _minus_lse_grad(tl.sum(do.to(tl.float32) * o, axis=1), glse_ptr, row_base, rows, S, HAS_GLSE)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -130,14 +168,13 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, S, N_KV, D, qk_scale,
         acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, UPCAST, PRECISION)
         m_i = m_new
     _store_tile(o_ptr, base, rows, S, offs_d, D, acc / l_i[:, None])
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log
-    tl.store(lse_ptr + bh * S + rows, lse, mask=rows < S)
+    tl.store(lse_ptr + bh * S + rows, m_i + tl.log2(l_i), mask=rows < S)
 
 
 @triton.jit
-def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale,
+def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale, qk_scale,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+            UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr, ONE_KV_BLOCK: tl.constexpr):
     """dq for query rows ``[blk*BLOCK_M, (blk+1)*BLOCK_M)`` of head ``bh``."""
     rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -145,9 +182,9 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, b
     base = bh * S * D
     q = _load_tile(q_ptr, base, rows, S, offs_d, D, UPCAST)
     do = _load_tile(do_ptr, base, rows, S, offs_d, D, UPCAST)
-    delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
-    lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0) * 1.4426950408889634
-    qk_scale = sm_scale * 1.4426950408889634
+    if not ONE_KV_BLOCK:
+        delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
+        lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(0, N_KV, BLOCK_N):
         cols = start_n + offs_n
@@ -155,17 +192,22 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, b
         v = _load_tile(v_ptr, base, cols, N_KV, offs_d, D, UPCAST)
         s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
         live = (rows[:, None] < S) & (cols[None, :] < N_KV)
-        p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+        if ONE_KV_BLOCK:
+            p = tl.where(live, _softmax_rows(s, cols[None, :] < N_KV), 0.0)
+        else:
+            p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
         dp = _mm(do, tl.trans(v), UPCAST, PRECISION)
+        if ONE_KV_BLOCK:
+            delta = _minus_lse_grad(tl.sum(p * dp, axis=1), glse_ptr, bh * S, rows, S, HAS_GLSE)
         ds = p * (dp - delta[:, None])
         dq += _mm(ds.to(k.dtype), k, UPCAST, PRECISION)
     _store_tile(dq_ptr, base, rows, S, offs_d, D, dq * sm_scale)
 
 
 @triton.jit
-def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_ptr, bh, blk, S, N_KV, D, sm_scale,
+def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_ptr, bh, blk, S, N_KV, D, sm_scale, qk_scale,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr, ONE_KV_BLOCK: tl.constexpr):
     """dk, dv for key rows ``[blk*BLOCK_N, (blk+1)*BLOCK_N)`` of head ``bh`` (zeros at >= N_KV)."""
     start_n = blk * BLOCK_N
     cols = start_n + tl.arange(0, BLOCK_N)
@@ -174,7 +216,6 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_
     base = bh * S * D
     k = _load_tile(k_ptr, base, cols, N_KV, offs_d, D, UPCAST)
     v = _load_tile(v_ptr, base, cols, N_KV, offs_d, D, UPCAST)
-    qk_scale = sm_scale * 1.4426950408889634
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     # a block wholly past the support keys has zero gradient: skip the query loop, store zeros
@@ -183,14 +224,20 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_
         rows = start_m + offs_m
         q = _load_tile(q_ptr, base, rows, S, offs_d, D, UPCAST)
         do = _load_tile(do_ptr, base, rows, S, offs_d, D, UPCAST)
-        delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
-        lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0) * 1.4426950408889634
+        if not ONE_KV_BLOCK:
+            delta = _row_delta(o_ptr, do, glse_ptr, base, bh * S, rows, S, offs_d, D, HAS_GLSE)
+            lse2 = tl.load(lse_ptr + bh * S + rows, mask=rows < S, other=0.0)
         # transposed scores [BLOCK_N, BLOCK_M], so p^T and ds^T feed the dots without a transpose
         st = _mm(k, tl.trans(q), UPCAST, PRECISION) * qk_scale
         live = (cols[:, None] < N_KV) & (rows[None, :] < S)
-        pt = tl.where(live, tl.exp2(st - lse2[None, :]), 0.0)
+        if ONE_KV_BLOCK:
+            pt = tl.where(live, _softmax_cols(st, cols[:, None] < N_KV), 0.0)
+        else:
+            pt = tl.where(live, tl.exp2(st - lse2[None, :]), 0.0)
         dv += _mm(pt.to(do.dtype), do, UPCAST, PRECISION)
         dpt = _mm(v, tl.trans(do), UPCAST, PRECISION)
+        if ONE_KV_BLOCK:
+            delta = _minus_lse_grad(tl.sum(pt * dpt, axis=0), glse_ptr, bh * S, rows, S, HAS_GLSE)
         dst = pt * (dpt - delta[None, :])
         dk += _mm(dst.to(q.dtype), q, UPCAST, PRECISION)
     # store over all S rows (not N_KV): this is what zeroes dk, dv of the non-support keys
@@ -200,17 +247,17 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_
 
 @triton.jit
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, dk_ptr, dv_ptr,
-                S, N_KV, D, sm_scale, N_QBLOCKS,
+                S, N_KV, D, sm_scale, qk_scale, N_QBLOCKS,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr):
+                UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_GLSE: tl.constexpr, ONE_KV_BLOCK: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     if blk < N_QBLOCKS:
-        _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale,
-                BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE)
+        _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, blk, S, N_KV, D, sm_scale, qk_scale,
+                BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE, ONE_KV_BLOCK)
     else:
         _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_ptr, bh, blk - N_QBLOCKS,
-                  S, N_KV, D, sm_scale, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE)
+                  S, N_KV, D, sm_scale, qk_scale, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION, HAS_GLSE, ONE_KV_BLOCK)
 
 
 # --------------------------------------------------------------------------- host side
@@ -225,11 +272,13 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool, preci
     whose dot layouts cost far more registers than the tensor cores' -- forward 64 x 64 x d64
     spills 432 / 416 B even at 8 warps, 32 x 32 x d128 at 8 warps needs 197 / 183; backward
     32 x 32 x d64 spills 128 B on 3.6 at 8 warps (and 48 B at 16), 16 x 16 x d64 at 4 warps needs
-    211 / 124 (but 8 warps spill 16 B on 3.8), 16 x 16 x d128 needs 8 warps (197 / 122; 4 spill
+    212 / 122 (but 8 warps spill 16 B on 3.8), 16 x 16 x d128 needs 8 warps (198 / 121; 4 spill
     232 B on 3.6).  bf16 / fp16: forward 64 x 64 x d128 at 8 warps needs 172 / 216; backward
-    64 x 64 x d64 spills 24 B on 3.6, 32 x 32 x d128 at 8 warps needs 248 / 237, 64 x 64 x d32
-    165 / 166.  fp32 as TF32 (``precision="tf32"``): backward 32 x 32 x d32 takes all 255 registers
-    and spills 8 B on both at 8 warps (104 B on 3.6 at 4), 16 x 16 x d32 needs 108 / 123.
+    64 x 64 x d64 spills 24 B on 3.6, 32 x 32 x d128 at 8 warps needs 248 / 239, 64 x 64 x d32
+    167 / 165.  fp32 as TF32 (``precision="tf32"``): backward 32 x 32 x d32 takes all 255 registers
+    and spills 8 B on both at 8 warps (104 B on 3.6 at 4), 16 x 16 x d32 needs 108 / 106.
+    Those are backward figures with several key blocks; with one (``ONE_KV_BLOCK``, no O tile)
+    the same tiles need as many registers or fewer (16 x 16 x d64 fp32: 166 / 121).
     tests/test_sample_attention.py compiles every choice made here, in both fp32 precisions.
     """
     block_d = max(16, triton.next_power_of_2(d))
@@ -242,7 +291,10 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool, preci
     block_m = min(cap, max(16, triton.next_power_of_2(s)))
     block_n = min(cap, max(16, triton.next_power_of_2(n_kv)))  # <= block_m, as n_kv <= s
     wide = block_m > 16 or (backward and block_d >= 128)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8 if wide else 4)
+    cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8 if wide else 4)
+    if backward:  # all keys in one block (every episode shape): delta from the tile, O not read
+        cfg["ONE_KV_BLOCK"] = n_kv <= block_n
+    return cfg
 
 
 def _precision(x: torch.Tensor) -> tuple[bool, str]:
@@ -270,7 +322,7 @@ def _on_device(x: torch.Tensor):
 
 # ----------------------------------------------------------------------- launches
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, H, S, d]`` each -> (out ``[B, H, S, d]`` in the input dtype, lse ``[B, H, S]`` fp32)."""
+    """``[B, H, S, d]`` each -> (out ``[B, H, S, d]`` in the input dtype, lse ``[B, H, S]`` fp32, base 2)."""
     b, h, s, d = q.shape
     if s > 0 and not 1 <= n_kv <= s:
         raise ValueError(f"hr2g::sample_attention: n_kv must be in [1, S={s}], got {n_kv}")
@@ -301,7 +353,8 @@ def _backward(grad_out, grad_lse, q, k, v, out, lse, n_kv: int) -> tuple[torch.T
     n_qblocks = triton.cdiv(s, cfg["BLOCK_M"])
     grid = (b * h, n_qblocks + triton.cdiv(s, cfg["BLOCK_N"]))
     with _on_device(q):
-        _bwd_kernel[grid](q, k, v, out, grad_out, lse, glse, dq, dk, dv, s, n_kv, d, 1.0 / math.sqrt(d), n_qblocks,
+        # qk_scale: the forward's, bit for bit, so the backward rebuilds the forward's exponents
+        _bwd_kernel[grid](q, k, v, out, grad_out, lse, glse, dq, dk, dv, s, n_kv, d, 1.0 / math.sqrt(d), _LOG2E / math.sqrt(d), n_qblocks,
                           UPCAST=upcast, PRECISION=precision, HAS_GLSE=has_glse, **cfg)
     return dq, dk, dv
 
@@ -309,7 +362,8 @@ def _backward(grad_out, grad_lse, q, k, v, out, lse, n_kv: int) -> tuple[torch.T
 # ----------------------------------------------------------------------- custom ops (torch.compile, opcheck)
 @torch.library.custom_op("hr2g::sample_attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, H, S, d]`` each -> (out ``[B, H, S, d]`` in the input dtype, lse ``[B, H, S]`` fp32)."""
+    """``[B, H, S, d]`` each -> (out ``[B, H, S, d]`` in the input dtype, lse ``[B, H, S]`` fp32:
+    ``log2 sum_j 2^(log2(e) s_ij)``, the natural log-sum-exp of the scaled scores times log2(e))."""
     return _forward(q, k, v, n_kv)
 
 

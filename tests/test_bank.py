@@ -18,7 +18,7 @@ import torch
 
 import hr2g
 from hr2g import _dispatch, ops
-from hr2g.reference import BANK_NORM_EPS, bank_retrieve_ref, bank_update_ref_
+from hr2g.reference import BANK_NORM_EPS, bank_cosine, bank_retrieve_ref, bank_update_ref_
 
 # Absolute slack on top of "twice the low-precision reference's error" (STYLE.md): about one unit
 # in the last place of an O(1) output for the reduced types, summation-order noise for fp32/fp64.
@@ -184,6 +184,14 @@ def ext_retrieve_full(protos, bank, filled, topk, temperature=1.0):
     return torch.ops.hr2g.bank_retrieve(protos, bank, filled, topk, temperature)
 
 
+def ref_retrieve_full(protos, bank, filled, topk, temperature=1.0):
+    """(out, index, weights) as the reference computes them, to test a backward kernel alone."""
+    sims = bank_cosine(protos, bank[:filled])
+    index = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :topk]
+    weights = torch.softmax(torch.gather(sims, 1, index) / temperature, dim=1)
+    return bank_retrieve_ref(protos, bank, filled, topk, temperature), index, weights
+
+
 def assert_within_bound(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype):
     """|got - exact| <= 2 |low - exact| + atol: the kernel may be as wrong as twice the same-dtype
     reference, no more (``exact`` is the fp64 reference on the same, upcast, inputs)."""
@@ -268,6 +276,30 @@ def check_retrieve_index_and_weights(retrieve_full, device):
     torch.testing.assert_close(out, torch.einsum("mk,mkc->mc", weights, bank[index]))
 
 
+def check_retrieve_gradient_at_a_sharp_softmax(retrieve_full, retrieve_backward, device, draws=24):
+    """T = 0.1 over k = 216 of 300 slots (C = 2): the similarities' rounding, amplified 10x by
+    1/T, sets the fp32 gradient's error, and one draw's worst error is noisy (the reference's own
+    spans 0.5-2 ulps), so the error summed over draws (each relative to its largest gradient) is
+    compared: at most 1.5x the fp32 reference's.  The slots' terms of the gradient nearly cancel
+    (the softmax's gradient sums to 0).  Over five seeds, summed in one chain over the k slots
+    they came to 2.9-5.0x (C++, whose softmax normaliser was one chain too) and 1.7-2.2x (CUDA
+    backward, emulated, on the reference's weights); in 8 lanes 0.8-1.3x and 1.0-1.2x."""
+    m, g, c, topk, temperature = 11, 300, 2, 216, 0.1
+    got, ref = 0.0, 0.0
+    for _ in range(draws):
+        protos, bank, grad = (torch.randn(n, c, device=device) for n in (m, g, m))
+        exact_p = protos.double().requires_grad_()
+        (g_exact,) = torch.autograd.grad(bank_retrieve_ref(exact_p, bank.double(), g, topk, temperature), exact_p, grad.double())
+        low_p = protos.clone().requires_grad_()
+        (g_low,) = torch.autograd.grad(bank_retrieve_ref(low_p, bank, g, topk, temperature), low_p, grad)
+        _, index, weights = retrieve_full(protos, bank, g, topk, temperature)
+        g_kernel = retrieve_backward(grad, protos, bank, index, weights, temperature)
+        scale = g_exact.abs().max().item()
+        got += (g_kernel.double() - g_exact).abs().max().item() / scale
+        ref += (g_low.double() - g_exact).abs().max().item() / scale
+    assert got <= 1.5 * ref, f"gradient error {got / draws:.3g} of the largest gradient on average, vs the fp32 reference's {ref / draws:.3g}"
+
+
 def check_update_ties_move_the_lower_slot(update_, device, dups=(1, 31, 32, 48, 49)):
     bank = torch.randn(50, 512, dtype=torch.float64, device=device)
     for dup in dups:  # inside and across warp / block boundaries
@@ -303,6 +335,10 @@ def check_update_ties_hold_after_a_move(update_, device, dtype, channels=(64, 51
         if not torch.equal(got.cpu(), want):
             wrong.append((c, trial, lo, hi))
     assert not wrong, f"(C, trial, lower, upper) where a tie after a move went wrong: {wrong}"
+
+
+def test_ext_retrieve_gradient_at_a_sharp_softmax(device):
+    check_retrieve_gradient_at_a_sharp_softmax(ext_retrieve_full, lambda *a: torch.ops.hr2g.bank_retrieve_backward(*a), device)
 
 
 def test_ext_retrieve_ties_pick_the_lower_slot(device):

@@ -15,9 +15,10 @@ import torch
 
 from hr2g.reference import bank_retrieve_ref, bank_update_ref_
 from tests import simt_bank
-from tests.test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrieve_index_and_weights,
-                             check_retrieve_ties_pick_the_lower_slot, check_update_ties_hold_after_a_move,
-                             check_update_ties_move_the_lower_slot, clustered, smallest_top2_gap)
+from tests.test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrieve_gradient_at_a_sharp_softmax,
+                             check_retrieve_index_and_weights, check_retrieve_ties_pick_the_lower_slot,
+                             check_update_ties_hold_after_a_move, check_update_ties_move_the_lower_slot, clustered,
+                             ref_retrieve_full, smallest_top2_gap)
 
 ORDERS = [("forward", 0), ("reverse", 0), ("random", 1), ("random", 2)]
 
@@ -138,6 +139,11 @@ def test_retrieve_backward_at_the_norm_floor(simt, scale):
     p = protos.clone().requires_grad_()
     (want,) = torch.autograd.grad(bank_retrieve_ref(p, bank, 10, 4, 1.0), p, grad)
     torch.testing.assert_close(simt.retrieve_backward(grad, protos, bank, index, weights), want, rtol=1e-10, atol=1e-12)
+
+
+def test_retrieve_backward_at_a_sharp_softmax(simt):
+    # the reference's index and weights: the backward kernel alone (emulated retrieval costs ~3x more)
+    check_retrieve_gradient_at_a_sharp_softmax(ref_retrieve_full, simt.retrieve_backward, "cpu")
 
 
 def test_retrieve_backward_asserts_on_a_bad_index(simt):
