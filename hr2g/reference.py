@@ -134,11 +134,18 @@ def bank_retrieve_ref(protos: torch.Tensor, bank: torch.Tensor, filled: int, top
     filled = int(filled)
     if filled == 0:  # zeros that keep the graph: a zero gradient, as the extension gives
         return torch.where(torch.zeros_like(protos, dtype=torch.bool), protos, 0.0)
+    order, weights = bank_select(protos, bank, filled, topk, temperature)
+    return torch.einsum("mk,mkc->mc", weights, bank[:filled][order].to(weights.dtype)).to(protos.dtype)
+
+
+def bank_select(protos: torch.Tensor, bank: torch.Tensor, filled: int, topk: int, temperature: float = 1.0):
+    """The selection of :func:`bank_retrieve_ref` (``filled >= 1``): the ``topk`` slots in rank
+    order ``[M, k]`` and their softmax weights ``[M, k]`` (fp32 at least; differentiable w.r.t.
+    ``protos``) -- the extension's ``index`` and ``weights``."""
     sims = bank_cosine(protos, bank[:filled])  # [M, filled]
     # stable descending sort: equal similarities keep slot order, so ties pick the lower index
     order = torch.sort(sims.detach(), dim=-1, descending=True, stable=True).indices[:, :topk]  # [M, k]
-    weights = torch.softmax(torch.gather(sims, 1, order) / temperature, dim=-1)  # [M, k]
-    return torch.einsum("mk,mkc->mc", weights, bank[:filled][order].to(weights.dtype)).to(protos.dtype)
+    return order, torch.softmax(torch.gather(sims, 1, order) / temperature, dim=-1)
 
 
 @torch.no_grad()

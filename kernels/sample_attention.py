@@ -108,9 +108,9 @@ def _minus_lse_grad(delta, glse_ptr, row_base, rows, S, HAS_GLSE: tl.constexpr):
 
 
 @triton.jit
-def _softmax_rows(s, valid):
-    """softmax over axis 1 of the log2-scaled scores ``s`` where ``valid`` (0 elsewhere): what a
-    program that holds all keys computes instead of ``exp2(s - lse)``.
+def _tile_softmax(s, valid, AXIS: tl.constexpr):
+    """softmax along ``AXIS`` (the keys' axis) of the log2-scaled scores ``s`` where ``valid``
+    (0 elsewhere): what a program that holds all keys computes instead of ``exp2(s - lse)``.
 
     The forward's lse is rounded (an ulp at logits ~100 is ~5e-6 of every p, the same factor
     over a row, which ``rowsum(p * dp)`` would carry into every ds), and the backward's scores
@@ -119,16 +119,8 @@ def _softmax_rows(s, valid):
     (``/``, not ``div_rn``: IEEE division is a subroutine call on sm_90, which put 24 B on the
     stack of the 32 x 32 x d32 fp32 backward with Triton 3.6.)"""
     s = tl.where(valid, s, float("-inf"))
-    e = tl.exp2(s - tl.max(s, axis=1)[:, None])  # each row has a valid key: a finite max
-    return e / tl.sum(e, axis=1)[:, None]
-
-
-@triton.jit
-def _softmax_cols(st, valid):
-    """:func:`_softmax_rows` of ``st``'s transpose (keys x rows)."""
-    st = tl.where(valid, st, float("-inf"))
-    e = tl.exp2(st - tl.max(st, axis=0)[None, :])
-    return e / tl.sum(e, axis=0)[None, :]
+    e = tl.exp2(s - tl.expand_dims(tl.max(s, axis=AXIS), AXIS))  # each row has a valid key: a finite max
+    return e / tl.expand_dims(tl.sum(e, axis=AXIS), AXIS)
 
 
 @triton.jit
@@ -193,7 +185,7 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dq_ptr, bh, b
         s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
         live = (rows[:, None] < S) & (cols[None, :] < N_KV)
         if ONE_KV_BLOCK:
-            p = tl.where(live, _softmax_rows(s, cols[None, :] < N_KV), 0.0)
+            p = tl.where(live, _tile_softmax(s, cols[None, :] < N_KV, 1), 0.0)
         else:
             p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
         dp = _mm(do, tl.trans(v), UPCAST, PRECISION)
@@ -231,7 +223,7 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, glse_ptr, dk_ptr, dv_
         st = _mm(k, tl.trans(q), UPCAST, PRECISION) * qk_scale
         live = (cols[:, None] < N_KV) & (rows[None, :] < S)
         if ONE_KV_BLOCK:
-            pt = tl.where(live, _softmax_cols(st, cols[:, None] < N_KV), 0.0)
+            pt = tl.where(live, _tile_softmax(st, cols[:, None] < N_KV, 0), 0.0)
         else:
             pt = tl.where(live, tl.exp2(st - lse2[None, :]), 0.0)
         dv += _mm(pt.to(do.dtype), do, UPCAST, PRECISION)

@@ -18,7 +18,7 @@ import torch
 
 import hr2g
 from hr2g import _dispatch, ops
-from hr2g.reference import BANK_NORM_EPS, bank_cosine, bank_retrieve_ref, bank_update_ref_
+from hr2g.reference import BANK_NORM_EPS, bank_retrieve_ref, bank_select, bank_update_ref_
 
 # Absolute slack on top of "twice the low-precision reference's error" (STYLE.md): about one unit
 # in the last place of an O(1) output for the reduced types, summation-order noise for fp32/fp64.
@@ -186,10 +186,8 @@ def ext_retrieve_full(protos, bank, filled, topk, temperature=1.0):
 
 def ref_retrieve_full(protos, bank, filled, topk, temperature=1.0):
     """(out, index, weights) as the reference computes them, to test a backward kernel alone."""
-    sims = bank_cosine(protos, bank[:filled])
-    index = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :topk]
-    weights = torch.softmax(torch.gather(sims, 1, index) / temperature, dim=1)
-    return bank_retrieve_ref(protos, bank, filled, topk, temperature), index, weights
+    return (bank_retrieve_ref(protos, bank, filled, topk, temperature),
+            *bank_select(protos, bank, filled, topk, temperature))
 
 
 def assert_within_bound(got: torch.Tensor, low: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype):

@@ -165,7 +165,8 @@ def test_kernel_at_large_logits(device, b, h, s, d, ns):
 def test_lone_key_gets_no_score_gradient(device, s, d):
     """n_support = 1: every row's softmax is the constant 1, so dq and dk are exactly zero, as the
     reference's are.  ``delta = rowsum(dO * O)`` left them at ~5e-6 with large logits (8x the
-    rule): p is now renormalised over the row, so p = 1 and ds = dp - dp = 0 exactly."""
+    rule): the backward now recomputes the softmax from its tile, so p = 1 and ds = dp - dp = 0
+    exactly."""
     q, k, v = rand_qkv(2, 2, s, d, device=device)
     xs = [x.detach().requires_grad_() for x in (q * 10, k, v)]
     grad = torch.randn(2, 2, s, d, device=device)
