@@ -19,8 +19,11 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from hr2g import _dispatch, ops
+from hr2g.kernels.sample_attention import _load_tile, _mm
 from hr2g.reference import sample_attention_ref
 from tests.helpers import assert_within_ref_error, kernel_devices, nan_guarded
 
@@ -149,15 +152,56 @@ def test_kernel_strided_inputs(device):
     check_against_reference(q, k, v, 4)
 
 
+LARGE_LOGIT_CASES = [(2, 2, 10, 64, 5), (2, 3, 24, 16, 24), (1, 2, 40, 64, 33)]
+
+
 @pytest.mark.parametrize("device", kernel_devices(), ids=str)
-@pytest.mark.parametrize("b,h,s,d,ns", [(2, 2, 10, 64, 5), (2, 3, 24, 16, 24)], ids=["S10-d64-ns5", "S24-d16-nsall"])
+@pytest.mark.parametrize("b,h,s,d,ns", LARGE_LOGIT_CASES, ids=["S10-d64-ns5", "S24-d16-nsall", "S40-d64-ns33"])
 def test_kernel_at_large_logits(device, b, h, s, d, ns):
-    """q scaled by 10: scaled scores up to ~100, softmax rows nearly one-hot.  An ulp of the lse
-    there is ~5e-6 of every probability: the backward once rebuilt p from an lse converted to
-    natural log and back, with its own rounding of log2(e)/sqrt(d), and its gradients reached
-    2.6x the rule on the first case (4.6x on other draws); now 0.4x and 0.5x."""
+    """q scaled by 10: scaled scores up to ~100, softmax rows nearly one-hot, where an ulp of a
+    score or of the lse is ~5e-6 of every probability.  The backward once rebuilt p from an lse
+    converted to natural log and back, with its own rounding of log2(e)/sqrt(d): 2.6x the rule
+    on the first case (4.6x on other draws).  The third has three key blocks (fp32 d64 backward
+    tiles hold 16 keys), so the backward rebuilds p from the forward's stats: with the
+    interpreter's BLAS dot, whose scores rounded differently in the backward, its dv was 1.8x
+    the rule.  Now 0.3x, 0.3x and 0.5x (scores scaled after the max shift, the interpreter's
+    dot summed in order)."""
     q, k, v = rand_qkv(b, h, s, d, device=device)
     check_against_reference(q * 10, k, v, ns)
+
+
+@triton.jit
+def _scores_both_ways(q_ptr, k_ptr, s_ptr, st_ptr, D, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """One tile of scores the forward's way (``q k^T``, [BM, BN]) and the dk/dv programs' way
+    (``k q^T``, [BN, BM]), with the sample-attention kernel's own helpers (fp32, IEEE)."""
+    rows, cols, offs_d = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BD)
+    q = _load_tile(q_ptr, 0, rows, BM, offs_d, D, True)
+    k = _load_tile(k_ptr, 0, cols, BN, offs_d, D, True)
+    tl.store(s_ptr + rows[:, None] * BN + cols[None, :], _mm(q, tl.trans(k), True, "ieee"))
+    tl.store(st_ptr + cols[:, None] * BM + rows[None, :], _mm(k, tl.trans(q), True, "ieee"))
+
+
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+def test_scores_round_the_same_in_every_tile_and_orientation(device):
+    """With several key blocks the backward rebuilds p from the forward's row max and log-sum,
+    which is exact only if its scores round exactly as the forward's did, though its tiles are
+    smaller (fp32 d64: 16 x 16 against the forward's 32 x 32) and the dk/dv programs multiply
+    ``k q^T``.  On the GPU an fp32 IEEE dot is one fma chain over k per entry; under the
+    interpreter ``_mm`` emulates that (numpy's BLAS does not: 93 of 256 entries differed)."""
+    d = 64
+    q, k = torch.randn(32, d, device=device) * 10, torch.randn(32, d, device=device)
+    tiles = {}
+    for bm in (16, 32):
+        s = torch.empty(bm, bm, device=device)
+        st = torch.empty(bm, bm, device=device)
+        _scores_both_ways[(1,)](q[:bm].contiguous(), k[:bm].contiguous(), s, st, d, BM=bm, BN=bm, BD=d)
+        tiles[bm] = (s, st)
+    s32, st32 = tiles[32]
+    s16, st16 = tiles[16]
+    assert torch.equal(st32.T, s32), "k q^T rounds differently from q k^T"
+    assert torch.equal(s16, s32[:16, :16]) and torch.equal(st16.T, s32[:16, :16]), "a 16 x 16 tile rounds differently"
+    # and they are the fp32 dot products (to the accumulation error of 64 terms of ~10)
+    torch.testing.assert_close(s32, q @ k.T, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("device", kernel_devices(), ids=str)
@@ -213,7 +257,7 @@ def test_log_sum_exp_output_and_its_gradient(device, s, d, ns):
 
     def run(fn, dtype):
         xs = [x.detach().to(dtype).requires_grad_() for x in inputs]
-        out, lse = fn(*xs)
+        out, lse = fn(*xs)[:2]
         ((out * g_out.to(dtype)).sum() + (lse * g_lse.to(lse.dtype)).sum()).backward()
         return [out.detach(), lse.detach()] + [x.grad for x in xs]
 
@@ -288,7 +332,7 @@ def test_non_support_samples_act_only_through_their_own_rows(backend):
 @pytest.mark.parametrize("device", kernel_devices(), ids=str)
 def test_eager_path_equals_the_custom_op(device):
     """Eager calls skip the custom op's dispatch (host time) but must launch exactly what it does:
-    out, lse and every gradient, through both outputs, bit for bit."""
+    out, lse, stats and every gradient, through both differentiable outputs, bit for bit."""
     from hr2g.kernels import sample_attention as kernel
 
     inputs = rand_qkv(2, 2, 11, 24, device=device)
@@ -296,9 +340,10 @@ def test_eager_path_equals_the_custom_op(device):
 
     def run(fn):
         xs = [x.detach().requires_grad_() for x in inputs]
-        out, lse = fn(*xs, 6)
+        out, lse, stats = fn(*xs, 6)
+        assert not stats.requires_grad  # the backward's copy of the lse, in two parts
         ((out * g_out).sum() + (lse * g_lse).sum()).backward()
-        return [out.detach(), lse.detach()] + [x.grad for x in xs]
+        return [out.detach(), lse.detach(), stats] + [x.grad for x in xs]
 
     for a, b in zip(run(kernel._EagerAttention.apply), run(torch.ops.hr2g.sample_attention)):
         assert torch.equal(a, b)
@@ -313,11 +358,11 @@ def test_opcheck():
     device = kernel_devices()[0]
     q, k, v = (x.requires_grad_() for x in rand_qkv(1, 2, 9, 16, device=device))
     torch.library.opcheck(torch.ops.hr2g.sample_attention.default, (q, k, v, 4))
-    out, lse = torch.ops.hr2g.sample_attention(q.detach(), k.detach(), v.detach(), 4)
+    out, lse, stats = torch.ops.hr2g.sample_attention(q.detach(), k.detach(), v.detach(), 4)
     g = torch.randn_like(out)
     bwd = torch.ops.hr2g.sample_attention_backward.default
-    torch.library.opcheck(bwd, (g, None, q.detach(), k.detach(), v.detach(), out, lse, 4))
-    torch.library.opcheck(bwd, (g, torch.randn_like(lse), q.detach(), k.detach(), v.detach(), out, lse, 4))
+    torch.library.opcheck(bwd, (g, None, q.detach(), k.detach(), v.detach(), out, stats, 4))
+    torch.library.opcheck(bwd, (g, torch.randn_like(lse), q.detach(), k.detach(), v.detach(), out, stats, 4))
 
 
 def test_torch_compile_full_graph():
@@ -368,7 +413,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
             if name in consts:
                 sig[name] = "constexpr"
             elif name.endswith("_ptr"):
-                sig[name] = "*fp32" if name in ("lse_ptr", "glse_ptr") else "*" + dt
+                sig[name] = "*fp32" if name in ("lse_ptr", "stats_ptr", "glse_ptr") else "*" + dt
             else:
                 sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
         what = f"{kern.fn.__name__} {dt}/{prec} S={s} d={d} {cfg} warps={warps}"
