@@ -31,7 +31,8 @@
 #   ... the same for .01 and .02, then
 #   run(command="bash benchmarks/gpu_session.sh dali setup dali_tests bench_loader pack", carry=[".whl"], timeout_s=600)
 # Without the dali_part calls, `dali` says which parts are missing and the DALI tests skip.
-# `setup` is cheap when the machine is still warm (the build is kept), so every call names it.
+# `setup` is cheap when the machine is still warm (the build is kept, and rebuilt only when csrc/,
+# setup.py or torch changed), so every call names it.
 # Stages: wheels | image | dali_pack | dali_part | dali | setup | kernel_tests | other_tests | tests
 # (= kernel_tests other_tests) | dali_tests | bench_kernels | bench_model | bench_loader | bench
 # (kernels + model) | pack | all (= setup tests bench pack).  Results land in $OUT as
@@ -61,17 +62,38 @@ wheels() {  # what the GPU image (python 3.12, torch 2.11) lacks: open_clip and 
     open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 pysdtw==0.0.5 && du -sh .whl
 }
 
+build_stamp() {  # what hr2g._C is built from: its sources, setup.py, and this machine's torch
+  { cat setup.py csrc/*.cpp csrc/*.h csrc/cuda/*; "$PY" -c "import torch; print(torch.__version__, torch.version.cuda)"; } \
+    | sha256sum | cut -d' ' -f1
+}
+
 setup() {
   if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
       || { echo "gpu_session: installing .whl/ failed"; exit 1; }
   fi
   [ -d "$SITE" ] && use_site
-  # Build hr2g._C against *this* machine's torch (never carry a build made elsewhere).
-  if ! "$PY" -c "import hr2g._C" 2>/dev/null; then
-    CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=16 "$PY" -m pip install -q --no-build-isolation --no-deps \
+  # Build hr2g._C against *this* machine's torch (never carry a build made elsewhere), once per
+  # warm machine: a rebuild costs ~80 s of a call's budget (the .cu alone).  The stamp (under the
+  # ignored build/, kept between calls while the machine is warm) names the sources and torch the
+  # build came from, so sources edited between calls are rebuilt.  CUDA_HOME: as set, else
+  # /usr/local/cuda when it holds nvcc, else torch's guess (the folder above `nvcc` on PATH: on a
+  # machine whose nvcc is a wrapper script in /usr/local/bin that is /usr/local, without CUDA's
+  # headers, and the build falls back to a CPU-only _C -- the warning below says so).
+  local stamp cuda_home=${CUDA_HOME:-}
+  [ -z "$cuda_home" ] && [ -x /usr/local/cuda/bin/nvcc ] && cuda_home=/usr/local/cuda
+  stamp=$(build_stamp)
+  if [ "$(cat build/hr2g_C.stamp 2>/dev/null)" != "$stamp" ] || ! "$PY" -c "import torch, hr2g._C" 2>/dev/null; then
+    # -v: setup.py's own warnings (why the CUDA part was not built) reach build.log
+    ${cuda_home:+env CUDA_HOME=$cuda_home} MAX_JOBS=16 "$PY" -m pip install -v --no-build-isolation --no-deps \
       --no-index -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-    grep -i "warning: " "$OUT/build.log" | grep -i hr2g | tail -5
+    grep "hr2g setup: WARNING" "$OUT/build.log" | tail -5
+    mkdir -p build && echo "$stamp" > build/hr2g_C.stamp
+  else
+    echo "gpu_session: hr2g._C already built from these sources"
+  fi
+  if command -v nvidia-smi > /dev/null && ! "$PY" -c "import sys, torch, hr2g._C as c; sys.exit(not c.WITH_CUDA)" 2>/dev/null; then
+    echo "gpu_session: WARNING: hr2g._C was built without CUDA on a GPU machine (see $OUT/build.log; set CUDA_HOME)"
   fi
   {
     command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
@@ -100,6 +122,8 @@ call_left() {
 
 # pytest-xdist's options when it is importable and HR2G_TEST_WORKERS > 1 (the GPU image has it):
 # the suite is mostly CPU work and the machine has 16 cores; each worker holds its own CUDA context.
+# Under xdist each worker that compiles would start Inductor's pool of one compile process per
+# core (12 pools on 16 cores): one compile thread per worker instead, as PyTorch's own CI does.
 xdist_opt() {
   local n=${HR2G_TEST_WORKERS:-12}
   [ "$n" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null && echo "-n $n"
@@ -111,8 +135,10 @@ xdist_opt() {
 run_tests() {
   local name=$1 lines=$2 cap=$3 left; shift 3
   left=$(call_left "$name" "$cap") || return 0
-  # shellcheck disable=SC2046
-  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rsfE $(timeout_opt 300) $(xdist_opt) \
+  local xdist; xdist=$(xdist_opt)
+  # shellcheck disable=SC2046,SC2086
+  ${xdist:+env TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-1}} \
+  timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rsfE $(timeout_opt 300) $xdist \
     --durations=10 --junitxml="$OUT/$name.xml" "$@" 2>&1 | tee "$OUT/$name.log" | tail -"$lines"
 }
 

@@ -144,3 +144,38 @@ def test_test_stages_run_under_xdist_and_stop_at_their_cap(tree, fake_python, st
     for part in must_have:
         assert part in args, args
     assert (tree / "out" / f"{stage}.log").read_text().startswith("ARGS: ")
+
+
+@pytest.fixture
+def logging_python(tree):
+    """A stand-in interpreter that succeeds at everything and logs each call's arguments."""
+    path = tree / "logging_python"
+    path.write_text(f'#!/bin/bash\necho "$*" >> {tree / "calls.log"}\nexit 0\n')
+    path.chmod(0o755)
+    for name, text in (("setup.py", "# setup\n"), ("csrc/bank.cpp", "// cpu\n"), ("csrc/bank.h", "// h\n"),
+                       ("csrc/cuda/bank.cu", "// cuda\n")):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    return str(path)
+
+
+def test_setup_builds_once_per_machine_and_again_when_the_sources_change(tree, logging_python):
+    """A rebuild costs ~80 s of a device call: a warm machine's second call must reuse the build
+    (the check once imported hr2g._C without torch, which always fails, so every call rebuilt),
+    and a changed csrc/ file must not leave a stale build."""
+    def builds() -> int:
+        proc = run(tree, "setup", env={"PYTHON": logging_python})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        calls = (tree / "calls.log").read_text().splitlines()
+        (tree / "calls.log").unlink()
+        n = sum(c.startswith("-m pip install") and "--no-build-isolation" in c for c in calls)
+        # a kept build is also checked to load, with torch imported first (libc10.so)
+        assert n or "-c import torch, hr2g._C" in calls, calls
+        return n
+
+    assert builds() == 1
+    assert (tree / "build" / "hr2g_C.stamp").exists()
+    assert builds() == 0
+    (tree / "csrc" / "cuda" / "bank.cu").write_text("// cuda, edited\n")
+    assert builds() == 1
+    assert builds() == 0
