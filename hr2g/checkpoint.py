@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -119,13 +120,17 @@ def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dic
     if path.stat().st_size == 0:  # torch's message for it is about mmap and zip archives
         raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): not written by hr2g.train, which renames a "
                          "complete file into place; an interrupted copy?")
+    if not zipfile.is_zipfile(path):  # torch's messages for it advise weights_only=False or mmap options
+        raise ValueError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint (not a zip archive): corrupt, "
+                         "truncated, or not written by hr2g.train")
     try:
         # weights_only: unpickling runs no code from the file, so a downloaded checkpoint is safe to
         # load; numpy arrays are allowed for checkpoints written before the RNG state became lists
         with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run on for lines
+        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {first})") from exc
     for key in ("config", "model"):
         if key not in ckpt:
             raise ValueError(f"checkpoint {str(path)!r} has no {key!r} entry: not an hr2g checkpoint")

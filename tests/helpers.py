@@ -8,7 +8,7 @@ from hr2g.configs import get_preset
 
 
 def tiny_config(tmp_path=None, **model_overrides) -> Config:
-    """The tiny preset shrunk for tests: 4 frames, 2 short epochs, few validation episodes."""
+    """The tiny preset shrunk for tests: 4 frames, 2 short epochs, few validation episodes, on the CPU."""
     cfg = get_preset("tiny")
     cfg.data.frames = 4
     cfg.data.synthetic_videos_per_class = 6
@@ -21,6 +21,10 @@ def tiny_config(tmp_path=None, **model_overrides) -> Config:
     cfg.train.log_every = 1
     cfg.eval.episodes = 20
     cfg.eval.batch_episodes = 7
+    # on the CPU on every machine: the whole-model tests assert bit-for-bit resumes and worker-count
+    # independence, which the CPU promises and a GPU (atomics in some backward kernels, Triton's
+    # autotuner) does not; tests/test_training.py trains on a GPU in a test of its own
+    cfg.train.device = "cpu"
     if tmp_path is not None:
         cfg.train.out_dir = str(tmp_path / "run")
     for k, v in model_overrides.items():
