@@ -83,9 +83,10 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     if args.device:
         cfg.train.device = args.device
     apply_overrides(cfg, args.overrides)
-    if args.data_root and cfg.data.dataset == "synthetic":  # else silently ignored: the synthetic data is generated
-        raise SystemExit(f"error: --data-root {args.data_root} needs --dataset (one of hmdb51, ucf101, kinetics100, "
-                         "ssv2_small, ssv2_full); the synthetic dataset is generated, not read")
+    for flag, value in (("--data-root", args.data_root), ("--split-dir", args.split_dir)):
+        if value and cfg.data.dataset == "synthetic":  # else silently ignored: the synthetic data is generated
+            raise SystemExit(f"error: {flag} {value} needs --dataset (one of hmdb51, ucf101, kinetics100, "
+                             "ssv2_small, ssv2_full); the synthetic dataset is generated, not read")
     try:
         return cfg.validate()
     except ValueError as exc:

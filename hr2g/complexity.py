@@ -310,7 +310,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-backward", action="store_true", help="measure inference only, not the training step")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     args = p.parse_args(argv)
-    for flag, value, low in (("--ways", args.ways, 1), ("--shots", args.shots, 1), ("--queries", args.queries, 1),
+    # --ways >= 2, as data.n_way in every other command: one class is no classification
+    for flag, value, low in (("--ways", args.ways, 2), ("--shots", args.shots, 1), ("--queries", args.queries, 1),
                              ("--runs", args.runs, 1), ("--warmup", args.warmup, 0)):
         if value < low:
             p.error(f"{flag} expects an integer >= {low}, got {value}")
@@ -345,7 +346,12 @@ def build(args: argparse.Namespace) -> tuple[HR2G, object]:
         except ValueError as exc:
             raise SystemExit(f"error: invalid configuration: {exc}") from None
         torch.manual_seed(0)
-        model = HR2G(cfg.model, cfg.data.frames)
+        from hr2g.errors import SetupError
+
+        try:
+            model = HR2G(cfg.model, cfg.data.frames)
+        except SetupError as exc:  # CLIP weights that cannot be loaded (a wrong path, offline)
+            raise SystemExit(f"error: {exc}") from None
     if args.fused or args.backend:
         set_backend(model, cfg, args.backend or "auto")
     return model, cfg

@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field
 
 BACKBONES = ("ViT-B-16", "ViT-B-32", "RN50", "tiny")
+TINY_HAS_NO_WEIGHTS = ("the tiny backbone is randomly initialised and has no weights to load: "
+                       "--set model.pretrained=none, or another model.backbone")
 ISC_MASKS = ("adaptive", "support-support", "query-support", "full", "global", "dense")
 METRICS = ("otam", "trx", "bimhm")
 ORDERS = ("isc-ikt", "ikt-isc")
@@ -57,6 +59,8 @@ class ModelConfig:
         _choice("model.order", self.order, ORDERS)
         _choice("model.support_aggregation", self.support_aggregation, AGGREGATIONS)
         _choice("model.backend", self.backend, BACKEND_CHOICES)
+        if self.backbone == "tiny" and self.pretrained not in (None, "", "none"):
+            raise ValueError(f"model.pretrained={self.pretrained!r}: {TINY_HAS_NO_WEIGHTS}")
         _range("model.adapter_dim", self.adapter_dim, 1, None)
         _range("model.temporal_layers", self.temporal_layers, 0, None)
         _range("model.ikt_prototypes", self.ikt_prototypes, 1, None)

@@ -142,6 +142,17 @@ def copy_lists(paths: list[Path], dest: Path) -> list[str]:
     return copied
 
 
+def names_the_loader_skips(paths: list[Path], dataset: str | None) -> list[Path]:
+    """The ``--split-list`` files that train / evaluate would not find in ``<out>/splits``: they
+    look for the lists by name (``test_few_shot.txt``, ``testlist03.txt``, ...; for ``dataset``'s
+    preset, or any benchmark's without ``--dataset``)."""
+    from hr2g.data.presets import PRESETS, SPLITS
+
+    presets = [PRESETS[dataset]] if dataset in PRESETS else list(PRESETS.values())
+    names = {pattern.format(split=s) for preset in presets for pattern in preset.split_files for s in SPLITS}
+    return [path for path in paths if path.name not in names]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hr2g.cli import setup_logging, writable_dir
@@ -185,6 +196,10 @@ def main(argv=None) -> int:
     if copied:
         log.info("prepare: copied %s into %s (the default split dir of --data-root %s)", ", ".join(copied),
                  out / DEFAULT_SPLIT_SUBDIR, out)
+    for path in names_the_loader_skips([Path(p) for p in args.split_list], args.dataset):
+        log.warning("prepare: train / evaluate look for split lists by name ({split}_few_shot.txt, {split}list03.txt, "
+                    "...) and will not find %s in %s: rename it there (e.g. test_few_shot.txt), or give them --split-dir",
+                    path.name, out / DEFAULT_SPLIT_SUBDIR)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     log.info("prepare: %d written, %d already done, %d unreadable, %d missing; report: %s",
              counts["done"], counts["skipped"], counts["failed"], len(missing), report)

@@ -13,13 +13,18 @@ import threading
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def position(epoch: int, step: int) -> str:
+    """A checkpoint's place in training, as the stop and the resume both say it: ``epoch`` is
+    0-based, ``step`` the steps done in it; epochs are counted from 1 in words."""
+    return f"after step {step} of epoch {epoch + 1}" if step else f"before epoch {epoch + 1}"
+
+
 class TrainingStopped(KeyboardInterrupt):
     """Training stopped on a signal after checkpointing; ``except Exception`` does not swallow it."""
 
     def __init__(self, signal_name: str, checkpoint: str, epoch: int, step: int):
         """``epoch`` (0-based) and ``step`` (steps done in it): the position saved in ``checkpoint``."""
-        where = f"after step {step} of epoch {epoch + 1}" if step else f"before epoch {epoch + 1}"
-        super().__init__(f"{signal_name}: stopped {where}, saved {checkpoint}")
+        super().__init__(f"{signal_name}: stopped {position(epoch, step)}, saved {checkpoint}")
         self.signal_name, self.checkpoint, self.epoch, self.step = signal_name, checkpoint, epoch, step
 
 

@@ -27,7 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorboard", action="store_true", help="also log to <out>/tb for TensorBoard (train.tensorboard)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:  # which would win is anyone's guess: say so instead
+        p.error("--resume continues a run and --overwrite starts afresh in its folder: pass one of them")
+    return args
 
 
 def resume_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, str | None]:
@@ -82,6 +85,15 @@ def main(argv=None) -> dict:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step, nothing saved now
+        if args.verbose:
+            raise
+        last = Path(cfg.train.out_dir) / "last.pt"
+        then = f"; continue from the last checkpoint with: python -m hr2g.train --resume {last}" if last.exists() else \
+            " (no checkpoint was written yet)"
+        print(f"hr2g.train: stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost{then}",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     except (FileExistsError, FileNotFoundError, NotADirectoryError, SetupError, CheckpointWriteError) as exc:
         # a run folder in the way or in use, data not found, an episode shape / backend / weights
         # that cannot be had, a checkpoint that cannot be written (a full disk)

@@ -35,7 +35,7 @@ from hr2g.distributed import (DistInfo, any_rank, barrier, episodes_per_rank, ga
 from hr2g.model.model import HR2G
 from hr2g.errors import SetupError
 from hr2g.runlog import RunLog
-from hr2g.stopping import StopSignals, TrainingStopped
+from hr2g.stopping import StopSignals, TrainingStopped, position
 
 log = logging.getLogger("hr2g.train")
 
@@ -254,7 +254,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                 raise SetupError(str(exc)) from None
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
-            log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
+            log.info("resuming from %s (%s)", path, position(ckpt["epoch"], ckpt["step"]))
     stale = []  # a new run: what an earlier run left in the folder (none when resuming)
     if ckpt is None:
         stale = [out / f for f in RUN_FILES if (out / f).exists()] + sorted((out / "tb").glob("events.out.tfevents.*"))
@@ -280,9 +280,12 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
             log.info("tensorboard: tensorboard --logdir %s", out / "tb")
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    train_set = build_dataset(cfg.data, "train", device)
-    val_set = build_dataset(cfg.data, "val", device) if cfg.train.val_episodes > 0 and main else None
-    test_set = build_dataset(cfg.data, "test", device) if cfg.train.test_episodes > 0 and main else None
+    try:  # a split list that breaks its format (named with its line), an unreadable annotation file
+        train_set = build_dataset(cfg.data, "train", device)
+        val_set = build_dataset(cfg.data, "val", device) if cfg.train.val_episodes > 0 and main else None
+        test_set = build_dataset(cfg.data, "test", device) if cfg.train.test_episodes > 0 and main else None
+    except ValueError as exc:
+        raise SetupError(f"{exc} (check --data-root / --split-dir)") from exc
     try:  # an impossible episode shape fails now, not after an epoch
         for name, split_set in (("val", val_set), ("test", test_set)):
             if split_set is not None:

@@ -83,7 +83,7 @@ def test_vit_b16_parameters_match_open_clip():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ways", "0"], "--ways expects an integer >= 1"),
+    (["--ways", "1"], "--ways expects an integer >= 2"),
     (["--frames", "100"], r"--frames expects an integer in \[1, 64\]"),
 ])
 def test_bad_arguments_name_the_flag(argv, message, capsys):
@@ -97,3 +97,7 @@ def test_bad_override_and_checkpoint_errors_name_the_flag(tmp_path):
         complexity.main(["--set", "model.nope=1", "--no-timing", "--no-flops"])
     with pytest.raises(SystemExit, match=r"--checkpoint: checkpoint .* does not exist"):
         complexity.main(["--checkpoint", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match=r"model.pretrained='openai': the tiny backbone .* --set model.pretrained=none"):
+        complexity.main(["--set", "model.pretrained=openai", "--no-timing", "--no-flops"])
+    with pytest.raises(SystemExit, match=r"^error: model.pretrained='.*x.pt': checkpoint file not found"):
+        complexity.main(["--preset", "hmdb51", "--set", f"model.pretrained={tmp_path / 'x.pt'}", "--no-timing", "--no-flops"])

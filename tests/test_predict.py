@@ -147,6 +147,10 @@ def test_missing_query_and_unreadable_clips_name_the_flag(ckpt, tmp_path):
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(SystemExit, match=r"--query: unreadable clip\(s\): .*broken.mp4: not a readable video container"):
         predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", str(broken), "--device", "cpu"])
+    # a folder of videos, given as one query: says what it holds and what to pass
+    with pytest.raises(SystemExit, match=r"--query: unreadable clip\(s\): .*: frame folder holds no .* images, but 1 video "
+                                         r"file\(s\) \(broken.mp4\): a folder of videos is not a clip, pass the video files"):
+        predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", str(tmp_path), "--device", "cpu"])
 
 
 def test_a_diverged_checkpoint_is_refused_not_a_first_class_prediction(ckpt, tmp_path):

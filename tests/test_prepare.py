@@ -1,5 +1,7 @@
 """``python -m hr2g.prepare``: transcodes / extracts frames, keeps every frame, resumes without
 redoing work, and reports unreadable or missing inputs without stopping."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,23 @@ def test_jpeg_extraction_of_the_needed_frames_only(raw, tmp_path):
                          str(lst), "--workers", "1", "--no-progress"]) == 0
     assert (out / "splits" / "test_few_shot.txt").read_text() == lst.read_text()
     assert (out / "splits" / "test_few_shot.txt.prev").read_text().endswith("not_there.avi\n")
+
+
+def test_a_split_list_the_loader_will_not_find_by_name_is_warned_about(raw, tmp_path, caplog):
+    root, _ = raw
+    mine = tmp_path / "my_test_list.txt"
+    mine.write_text((root / "splits" / "test_few_shot.txt").read_text())
+    argv = ["--src", str(root), "--out", str(tmp_path / "out"), "--to", "jpeg", "--max-frames", "2", "--workers", "1",
+            "--no-progress", "--split-list"]
+    with caplog.at_level("WARNING", logger="hr2g"):
+        assert prepare.main(argv + [str(mine)]) == 0
+    assert "will not find my_test_list.txt in" in caplog.text and (tmp_path / "out" / "splits" / "my_test_list.txt").exists()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hr2g"):
+        assert prepare.main(argv + [str(root / "splits" / "test_few_shot.txt")]) == 0
+    assert "will not find" not in caplog.text
+    assert prepare.names_the_loader_skips([Path("testlist07.txt")], "ssv2_full") == []
+    assert prepare.names_the_loader_skips([Path("testlist07.txt")], "hmdb51") == [Path("testlist07.txt")]
 
 
 def test_scaled_size_and_cli_errors(tmp_path):

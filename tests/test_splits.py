@@ -92,14 +92,19 @@ def test_format_detection_and_errors(tmp_path):
     assert detect_format(["train8/78687", "catch/x"]) == "named"
     with pytest.raises(ValueError, match=r"bad\.txt:2: .* is not a indexed_path line"):
         read_split(write(tmp_path / "bad.txt", ["train0//videos/a/b.avi", "train1/x"]), fmt="indexed_path")
-    with pytest.raises(ValueError, match="mix splits"):
+    with pytest.raises(ValueError, match=r"mix\.txt:2: 'test0/2' is a test line, but line 1 is train: one list holds one split"):
         read_split(write(tmp_path / "mix.txt", ["train0/1", "test0/2"]))
+    # checked before repeats are dropped: the val line is no repeat of the train line
+    with pytest.raises(ValueError, match=r"mix2\.txt:3: 'val0//v/a/x.avi' is a val line"):
+        read_split(write(tmp_path / "mix2.txt", ["train0//v/a/x.avi", "train0//v/a/y.avi", "val0//v/a/x.avi"]))
     with pytest.raises(ValueError, match="expected the val split"):
         read_split(write(tmp_path / "t.txt", ["train0/1"]), split="val")
     with pytest.raises(ValueError, match=r"without gaps; no video has class \[1\]"):
         read_split(write(tmp_path / "gap.txt", ["train0/1", "train2/2"]))
-    with pytest.raises(ValueError, match="class index 0 names two folders"):
-        read_split(write(tmp_path / "two.txt", ["train0//v/a/x.avi", "train0//v/b/y.avi"]))
+    with pytest.raises(ValueError, match=r"two\.txt:3: class index 0 is folder 'b' here but 'a' at line 1"):
+        read_split(write(tmp_path / "two.txt", ["train0//v/a/x.avi", "train1//v/c/z.avi", "train0//v/b/y.avi"]))
+    with pytest.raises(ValueError, match=r"flat\.txt:2: 'y.avi' has no class folder"):
+        read_split(write(tmp_path / "flat.txt", ["train0//v/a/x.avi", "train0//y.avi"]))
     with pytest.raises(ValueError, match="cannot tell the split"):
         read_split(write(tmp_path / "list.txt", ["a/b"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -2,13 +2,14 @@
 at the exact position, a crash loses only the steps since the last checkpoint, and either way the
 resumed run's weights, bank and log (CSV and TensorBoard) equal an uninterrupted run's."""
 import csv
+import logging
 import os
 import signal
 
 import pytest
 import torch
 
-from hr2g import checkpoint, training
+from hr2g import checkpoint, stopping, training
 from hr2g.runlog import row_positions
 from hr2g.stopping import TrainingStopped
 from tests.helpers import tiny_config
@@ -73,7 +74,7 @@ def _assert_same_run(run_a, run_b):
 @pytest.mark.parametrize("at_call, position", [(2, (0, 2)), (3, (0, 3)), (4, (1, 1))])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, uninterrupted,
-                                                                                 at_call, position, sig):
+                                                                                 at_call, position, sig, caplog):
     whole_cfg, _ = uninterrupted
     cfg = _cfg(tmp_path)
     _interrupting(monkeypatch, at_call, sig)
@@ -86,8 +87,12 @@ def test_a_signal_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tm
     assert (ckpt["epoch"], ckpt["step"]) == position
     assert len(ckpt["epoch_tally"]["loss"]) == position[1], "the epoch's running losses were not checkpointed"
     monkeypatch.undo()
-    training.train(cfg, resume="auto", progress=False)
+    with caplog.at_level(logging.INFO, logger="hr2g.train"):
+        training.train(cfg, resume="auto", progress=False)
     _assert_same_run(cfg.train.out_dir, whole_cfg.train.out_dir)
+    # the stop and the resume name the position alike ("after step 1 of epoch 2"), epochs from 1
+    where = stopping.position(*position)
+    assert f"stopped {where}," in str(stop.value) and f"last.pt ({where})" in caplog.text
 
 
 def test_a_crash_loses_only_the_steps_since_the_last_checkpoint_and_the_log_is_rewound(tmp_path, monkeypatch, uninterrupted):

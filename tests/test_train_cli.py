@@ -69,6 +69,8 @@ def test_a_new_run_does_not_clobber_an_existing_one(run):
     (["--config", "typo.json"], r"^error: --config typo.json: .*model.backbon"),
     (["--dataset", "hmdb51", "--data-root", "DATA"], r"^error: data root /.*/DATA does not exist or is not a folder"),
     (["--set", "train.device=gpu"], r"train.device='gpu' is not a device; choose auto .* cuda:N"),
+    (["--split-dir", "lists"], r"^error: --split-dir lists needs --dataset"),
+    (["--set", "model.pretrained=openai"], r"model.pretrained='openai': the tiny backbone .* --set model.pretrained=none"),
 ])
 def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -76,6 +78,45 @@ def test_train_mistakes_stop_before_any_work(tmp_path, monkeypatch, argv, messag
     (tmp_path / "typo.json").write_text(json.dumps({"model": {"backbon": "tiny"}}))
     with pytest.raises(SystemExit, match=message):
         train_cli.main(TINY + argv)
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--resume", "auto", "--overwrite", "--out", "run"])
+    assert exc.value.code == 2 and "--resume continues a run and --overwrite starts afresh" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_split_list_that_breaks_its_format_is_one_error_line_naming_the_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train_few_shot.txt").write_text("train0//videos/brush_hair/a.avi\ngarbage\n")
+    with pytest.raises(SystemExit, match=r"^error: .*train_few_shot.txt:2: 'garbage' .*\(check --data-root / --split-dir\)$"):
+        train_cli.main(TINY + ["--dataset", "hmdb51", "--data-root", "data", "--split-dir", "lists", "--out", "run"])
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_second_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys, checkpointed):
+    """The first Ctrl-C finishes the step and saves (tests/test_stop_resume.py); a second one
+    interrupts at once: exit 130 with what was lost and the command to continue."""
+    from hr2g import training
+
+    monkeypatch.chdir(tmp_path)
+    if checkpointed:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "last.pt").write_bytes(b"")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--out", "run"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 130 and "stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost" in err
+    assert ("--resume run/last.pt" in err) == checkpointed and ("no checkpoint was written yet" in err) != checkpointed
 
 
 def test_overwrite_removes_the_previous_runs_files(run):
@@ -250,6 +291,7 @@ def test_device_names_a_gpu_by_index_and_one_not_there_is_an_error(monkeypatch, 
     with pytest.raises(SystemExit):
         train_cli.main(TINY + ["--device", "gpu1"])
     assert "argument --device: 'gpu1' is not a device; choose auto" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a CPU machine, also on a GPU one
     with pytest.raises(SystemExit, match=r"^error: --device cuda:1 requested but torch.cuda.is_available\(\) is False"):
         resolve_device("cuda:1")
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)

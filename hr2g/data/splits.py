@@ -155,11 +155,12 @@ def _refuse_mostly_indexed(path: Path, lines: list[tuple[int, str]]) -> None:
 
 
 def _drop_repeats(path: Path, nos: list[int], videos: list[str], labels: list[int],
-                  per_class: bool = False) -> tuple[list[str], list[int]]:
+                  per_class: bool = False) -> tuple[list[str], list[int], list[int]]:
     """The list without repeated lines (a video listed twice can be an episode's support and its
     query at once: with one class's lines doubled, 138 of 1000 seeded test episodes were); a video
     under two classes is an error -- unless ``per_class`` (named lists: ``kick_ball/0001.mp4`` and
-    ``run/0001.mp4`` are two files in class folders), where only a repeated (class, video) is."""
+    ``run/0001.mp4`` are two files in class folders), where only a repeated (class, video) is.
+    Returns the kept lines' (videos, labels, line numbers)."""
     first: dict[object, tuple[int, int]] = {}
     keep, repeats = [], []
     for i, (no, vid, lab) in enumerate(zip(nos, videos, labels)):
@@ -173,26 +174,30 @@ def _drop_repeats(path: Path, nos: list[int], videos: list[str], labels: list[in
             repeats.append((no, first[key][0]))
     if repeats:
         log.warning("%s: %d repeated lines ignored (line %d repeats line %d)", path, len(repeats), *repeats[0])
-    return [videos[i] for i in keep], [labels[i] for i in keep]
+    return [videos[i] for i in keep], [labels[i] for i in keep], [nos[i] for i in keep]
 
 
 def _read_indexed(path: Path, lines: list[tuple[int, str]], split: str | None, fmt: str,
                   label_file: str | Path | list | None) -> Split:
     pattern = _INDEXED_PATH if fmt == "indexed_path" else _INDEXED_ID
-    videos, labels, prefixes, nos = [], [], set(), []
+    videos, labels, nos = [], [], []
+    name, first_no = None, None
     for no, text in lines:
         m = pattern.match(text)
         if m is None:
             example = "train0//videos/brush_hair/x.avi" if fmt == "indexed_path" else "train0/51958"
             raise ValueError(f"{path}:{no}: {text!r} is not a {fmt} line like {example!r}")
-        prefixes.add(m.group(1))
+        if name is None:
+            name, first_no = m.group(1), no
+        elif m.group(1) != name:  # before repeats are dropped: val1//x after train1//x is no repeat
+            raise ValueError(f"{path}:{no}: {text!r} is a {m.group(1)} line, but line {first_no} is {name}: one list "
+                             "holds one split")
         labels.append(int(m.group(2)))
         videos.append(m.group(3))
         nos.append(no)
-    videos, labels = _drop_repeats(path, nos, videos, labels)
-    if len(prefixes) != 1:
-        raise ValueError(f"{path}: lines mix splits {sorted(prefixes)}; one list holds one split")
-    name = prefixes.pop()
+    videos, labels, nos = _drop_repeats(path, nos, videos, labels)
+    if fmt == "indexed_path":  # each line's folder, checked with its line number
+        folders = _folders_from_paths(path, nos, videos, labels)
     if split is not None and split != name:
         raise ValueError(f"{path}: expected the {split} split but its lines are {name}<class>/...")
     labels_arr = np.asarray(labels, dtype=np.int64)
@@ -202,24 +207,25 @@ def _read_indexed(path: Path, lines: list[tuple[int, str]], split: str | None, f
         raise ValueError(f"{path}: class indices must run 0..{n_classes - 1} without gaps; no video has "
                          f"class {missing[:5]}{'...' if len(missing) > 5 else ''}")
     if fmt == "indexed_path":
-        folders = _folders_from_paths(path, videos, labels_arr, n_classes)
         return Split(name, fmt, videos, labels_arr, [prompt_name(f) for f in folders], folders, path, "list")
     names, source = _names_for_ids(path, videos, labels_arr, n_classes, label_file)
     return Split(name, fmt, videos, labels_arr, [prompt_name(n) for n in names], ["" for _ in names], path, source)
 
 
-def _folders_from_paths(path: Path, videos: list[str], labels: np.ndarray, n_classes: int) -> list[str]:
-    folders: list[str | None] = [None] * n_classes
-    for rel, c in zip(videos, labels):
+def _folders_from_paths(path: Path, nos: list[int], videos: list[str], labels: list[int]) -> list[str]:
+    """Each class index's folder, in index order (the indices were checked to run without gaps)."""
+    folders: dict[int, tuple[str, int]] = {}  # class index -> (folder, first line naming it)
+    for no, rel, c in zip(nos, videos, labels):
         parts = rel.replace("\\", "/").split("/")
         if len(parts) < 2:
-            raise ValueError(f"{path}: {rel!r} has no class folder; expected <split><index>//<dir>/<class>/<file>")
+            raise ValueError(f"{path}:{no}: {rel!r} has no class folder; expected <split><index>//<dir>/<class>/<file>")
         folder = parts[-2]
-        if folders[c] is None:
-            folders[c] = folder
-        elif folders[c] != folder:
-            raise ValueError(f"{path}: class index {c} names two folders, {folders[c]!r} and {folder!r}")
-    return [f for f in folders if f is not None]
+        if c not in folders:
+            folders[c] = (folder, no)
+        elif folders[c][0] != folder:
+            raise ValueError(f"{path}:{no}: class index {c} is folder {folder!r} here but {folders[c][0]!r} at line "
+                             f"{folders[c][1]}")
+    return [folders[c][0] for c in sorted(folders)]
 
 
 def ssv2_annotation_names(files) -> dict[str, str]:
@@ -300,7 +306,7 @@ def _read_named(path: Path, lines: list[tuple[int, str]], split: str | None) -> 
         labels.append(folders.setdefault(cls, len(folders)))
         videos.append(vid)
         nos.append(no)
-    videos, labels = _drop_repeats(path, nos, videos, labels, per_class=True)
+    videos, labels, _ = _drop_repeats(path, nos, videos, labels, per_class=True)
     raw = list(folders)
     return Split(name, "named", videos, np.asarray(labels, dtype=np.int64), [prompt_name(f) for f in raw], raw, path,
                  "list")

@@ -196,7 +196,12 @@ def list_frames(folder: str | Path) -> list[str]:
     except OSError as exc:
         raise VideoReadError(folder, f"cannot list the frame folder ({exc.strerror or exc})") from None
     if not names:
-        raise VideoReadError(folder, f"frame folder holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        from hr2g.data.presets import VIDEO_EXTENSIONS
+
+        videos = sorted(n for n in os.listdir(folder) if n.lower().endswith(VIDEO_EXTENSIONS))
+        also = (f", but {len(videos)} video file(s) ({', '.join(videos[:3])}{', ...' if len(videos) > 3 else ''}): "
+                "a folder of videos is not a clip, pass the video files themselves") if videos else ""
+        raise VideoReadError(folder, f"frame folder holds no {'/'.join(IMAGE_EXTENSIONS)} images{also}")
     return [os.path.join(folder, n) for n in names]
 
 

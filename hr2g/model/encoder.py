@@ -15,7 +15,7 @@ import open_clip
 import torch
 from torch import nn
 
-from hr2g.config import ModelConfig
+from hr2g.config import TINY_HAS_NO_WEIGHTS, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,21 @@ class ConvAdapter(nn.Module):
 
 
 def _create_clip(cfg: ModelConfig) -> tuple[nn.Module, str]:
+    from hr2g.errors import WeightsUnavailable
+
     if cfg.backbone == "tiny":
         from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-        if cfg.pretrained not in (None, "", "none"):
-            raise ValueError(f"model.pretrained={cfg.pretrained!r}: the tiny backbone has no weights; use pretrained=None")
+        if cfg.pretrained not in (None, "", "none"):  # ModelConfig.validate says so first
+            raise WeightsUnavailable(f"model.pretrained={cfg.pretrained!r}: {TINY_HAS_NO_WEIGHTS}")
         model = CLIP(TINY["embed_dim"], CLIPVisionCfg(**TINY["vision"]), CLIPTextCfg(**TINY["text"]))
         return model, "ViT-B-16"  # tokenizer (bundled BPE vocabulary, no download)
     pretrained = cfg.pretrained or None
     if pretrained and os.sep in pretrained and not os.path.exists(pretrained):
-        raise FileNotFoundError(f"model.pretrained={pretrained!r}: checkpoint file not found")
+        raise WeightsUnavailable(f"model.pretrained={pretrained!r}: checkpoint file not found")
     try:
         model = open_clip.create_model(cfg.backbone, pretrained=pretrained)
     except Exception as exc:
-        from hr2g.errors import WeightsUnavailable
-
         raise WeightsUnavailable(
             f"could not load CLIP {cfg.backbone} weights {pretrained!r} ({type(exc).__name__}: {exc}). Without network "
             f"access, pass a local checkpoint with --set model.pretrained=/path/to/open_clip_{cfg.backbone}.pt") from exc
