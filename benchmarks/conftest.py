@@ -11,7 +11,8 @@ launches overlap the previous call's kernels: at episode shapes, where a kernel 
 the two differ most.
 
 ``HR2G_BENCH_PARTIAL=FILE`` appends each benchmark's record to FILE (JSON lines, the
-``--benchmark-json`` entry's fields) as soon as it is measured: pytest-benchmark writes its JSON only
+``--benchmark-json`` entry's fields) as soon as its test ends (``failed`` in its extra_info when a
+check after the timing failed): pytest-benchmark writes its JSON only
 when the session ends, so a run killed by a time limit would otherwise lose every figure.
 ``python benchmarks/report.py FILE`` reads either.
 
@@ -22,6 +23,7 @@ Each record's ``extra_info["smoke"]`` says which it was.
 """
 import json
 import os
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -74,15 +76,50 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _append_partial(path: str, request, benchmark) -> None:
+# A test timed by run_bench: its benchmark, so that the outcome of the checks after the timing
+# (a non-finite result, say) reaches the record before anything is written or reported
+_TIMED = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that failed after it was timed marks its record ``failed`` (report.py then claims
+    nothing from it: pytest-benchmark saves its stats whatever the outcome).  The record goes to
+    HR2G_BENCH_PARTIAL only now, with that mark."""
+    report = (yield).get_result()
+    benchmark = item.stash.get(_TIMED, None)
+    if report.when != "call" or benchmark is None:
+        return
+    if report.failed:
+        benchmark.extra_info["failed"] = True
+    if os.environ.get("HR2G_BENCH_PARTIAL"):
+        _append_partial(os.environ["HR2G_BENCH_PARTIAL"], item, benchmark)
+
+
+def _append_partial(path: str, item, benchmark) -> None:
     """One finished benchmark as a line of ``path`` (fields as in pytest-benchmark's JSON)."""
     stats = benchmark.stats.stats
-    callspec = getattr(request.node, "callspec", None)
-    record = dict(name=request.node.name, params=dict(callspec.params) if callspec else {},
+    callspec = getattr(item, "callspec", None)
+    record = dict(name=item.name, params=dict(callspec.params) if callspec else {},
                   stats=dict(median=stats.median, iqr=stats.iqr, rounds=stats.rounds),
                   extra_info=dict(benchmark.extra_info), datetime=datetime.now(timezone.utc).isoformat())
     with open(path, "a") as f:  # one write per line: a kill leaves at most a truncated last line
         f.write(json.dumps(record, default=str) + "\n")
+
+
+# Warm-up before the timed rounds: at least 2 calls (the first compiles, autotunes, allocates) and
+# at least this long, so the GPU's clocks have left idle -- a call at episode shapes takes ~10-100
+# µs, and 3 of them (pytest-benchmark's warmup_rounds) is well under a millisecond of GPU work
+# after the seconds of CPU work (inputs, reference checks) that precede every benchmark.
+WARMUP_S = 0.1
+
+
+def _warm_up(call) -> int:
+    start, n = time.perf_counter(), 0
+    while n < 2 or (time.perf_counter() - start < WARMUP_S and n < 10_000):
+        call()
+        n += 1
+    return n
 
 
 def _pipelined(fn, median: float) -> dict:
@@ -132,7 +169,8 @@ def run_bench(benchmark, request):
         if smoke:
             benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)
         else:
-            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
+            benchmark.extra_info["warmup_calls"] = _warm_up(call)
+            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
         if benchmark.stats is None:
             # pytest-benchmark disabled (--benchmark-disable, or inside an xdist worker): fn ran
             # once and nothing was measured, so no record and no rate
@@ -148,8 +186,7 @@ def run_bench(benchmark, request):
                 benchmark.extra_info["GB/s"] = nbytes / med / 1e9
             for unit, count in (per_second or {}).items():
                 benchmark.extra_info[unit] = count / med
-        if os.environ.get("HR2G_BENCH_PARTIAL"):
-            _append_partial(os.environ["HR2G_BENCH_PARTIAL"], request, benchmark)
+        request.node.stash[_TIMED] = benchmark  # recorded once the test's outcome is known
         return out["r"]
 
     return _run

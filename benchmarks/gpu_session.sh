@@ -182,8 +182,9 @@ run_bench() {  # $1: name, then the benchmark files; medians of synchronised rou
   local left
   left=$(call_left "$name") || return 0
   rm -f "$OUT/$name.json" "$OUT/$name.jsonl"
+  # -rsfE: skip reasons and the failures' names (a bare -rs would replace pytest's default -rfE)
   # shellcheck disable=SC2046
-  HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rs "$@" \
+  HR2G_BENCH_PARTIAL="$OUT/$name.jsonl" timeout -s INT -k 20 "$left" "$PY" -m pytest -q -p no:cacheprovider -rsfE "$@" \
     --benchmark-json="$OUT/$name.json" $(timeout_opt 400) --benchmark-columns=median,iqr,rounds > "$OUT/$name.log" 2>&1
   local rc=$?
   [ $rc -eq 124 ] && echo "gpu_session: $name stopped at this call's budget (${left} s); reporting what finished"

@@ -27,6 +27,14 @@ def unavailable_reason(device: torch.device) -> str | None:
         return "pysdtw is not installed (pip install pysdtw: a public soft-DTW with numba CUDA kernels)"
     if device.type != "cuda":
         return "pysdtw's kernels are numba CUDA kernels: they need a CUDA device"
+    try:  # numba-cuda must load and see the GPU (a numba built for another numpy or CUDA fails here)
+        from numba import cuda
+        import pysdtw.sdtw_cuda  # noqa: F401  (its kernels are compiled on first launch)
+
+        if not cuda.is_available():
+            return "pysdtw: numba.cuda.is_available() is False (numba-cuda finds no usable driver / GPU)"
+    except Exception as exc:
+        return f"pysdtw: numba's CUDA support does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
     return None
 
 

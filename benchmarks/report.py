@@ -14,7 +14,10 @@ targets of issue #3 are checked on the medians, those of the benchmarks the file
 FLOP ratios (counts, not times) on any ``test_bench_isc_variants`` row.  Rows run in smoke mode (no
 CUDA: one untimed round on tiny shapes) are listed as "untimed" and claim nothing: no speedup, and
 a speed target resting on one reads "n/a".  (``HR2G_BENCH_CPU=1`` makes the CPU-meaningful
-benchmarks timed rows on a CPU.)
+benchmarks timed rows on a CPU.)  A row whose test failed after it was timed (a check on the
+result; benchmarks/conftest.py marks it ``failed``) is listed as such and claims nothing either.
+Where the file holds any kernel benchmark, every kernel target is listed, "n/a" for those whose
+test has no rows (a run stopped at its time budget, say), so none silently drops out.
 """
 from __future__ import annotations
 
@@ -50,13 +53,18 @@ class Row:
     def smoke(self) -> bool:
         return bool(self.extra.get("smoke"))
 
+    @property
+    def failed(self) -> bool:
+        """The test failed after it was timed (a check on the result): its time claims nothing."""
+        return bool(self.extra.get("failed"))
+
 
 @dataclass(frozen=True)
 class Target:
     what: str
     goal: str
     value: str
-    ok: bool | None  # None: not measured (smoke mode, or the provider skipped)
+    ok: bool | None  # None: not measured (smoke mode, the provider skipped or failed, the test not run)
 
     @property
     def verdict(self) -> str:
@@ -111,11 +119,11 @@ def metadata(data: dict, rows: list[Row], commit: str | None = None) -> dict:
 def speedups(rows: list[Row]) -> dict[Row, float | None]:
     """Each row's median over its group's fused median (None without a timed fused row, for the
     fused row itself, and for untimed rows)."""
-    fused = {(r.test, r.group): r for r in rows if r.fused and not r.smoke}
+    fused = {(r.test, r.group): r for r in rows if r.fused and not r.smoke and not r.failed}
     out = {}
     for r in rows:
         f = fused.get((r.test, r.group))
-        out[r] = None if f is None or f is r or r.smoke or f.median <= 0 else r.median / f.median
+        out[r] = None if f is None or f is r or r.smoke or r.failed or f.median <= 0 else r.median / f.median
     return out
 
 
@@ -126,12 +134,23 @@ def _time(s: float) -> str:
     return f"{s / 1e-9:.3g} ns"
 
 
-def _find(rows: list[Row], test: str, provider: str, **params: str) -> Row | None:
+def _match(rows: list[Row], test: str, provider: str, **params: str) -> Row | None:
     for r in rows:
         g = dict(r.group)
         if r.test == test and r.provider == provider and all(g.get(k) == v for k, v in params.items()):
-            return None if r.smoke else r
+            return r
     return None
+
+
+def _find(rows: list[Row], test: str, provider: str, **params: str) -> Row | None:
+    """The timed row that a target may rest on: not smoke, and not one whose test failed after timing."""
+    r = _match(rows, test, provider, **params)
+    return None if r is None or r.smoke or r.failed else r
+
+
+def _failed(rows: list[Row], test: str, provider: str, **params: str) -> bool:
+    r = _match(rows, test, provider, **params)
+    return r is not None and r.failed
 
 
 # Table 5 of the paper (MFLOPs at 5-way 1-shot): each variant's ratio to ISC, reproduced when ours
@@ -140,53 +159,83 @@ PAPER_TABLE5_RATIO = {"dense": 252 / 58, "global": 53 / 58}
 TABLE5_TOLERANCE = 0.10
 
 
-def _ratio_text(x: float) -> str:
-    return f"{x:.2f}x" if x >= 1 else f"{x:.3g}x"  # 2 decimals: 49.96 must not read "50.0x ... MISSED"
+def _ratio_text(x: float, goal: float | None = None, strict: bool = False) -> str:
+    """``x`` with 2 decimals (3 significant digits under 1), more where rounding would cross
+    ``goal`` or land on it: 49.996 must not read "50.00x ... MISSED", nor 0.9996 "1x ... MISSED"."""
+    def passes(v: float) -> bool:
+        return v > goal if strict else v >= goal
+
+    for digits in range(2, 8):
+        text = f"{x:.{digits}f}" if x >= 1 else f"{x:.{digits + 1}g}"
+        if goal is None or (passes(float(text)) == passes(x) and (float(text) != goal or x == goal)):
+            return f"{text}x"
+    return f"{x!r}x"
+
+
+# The kernel benchmarks (benchmarks/gpu_session.sh's bench_kernels): where a file holds any of
+# them, every target of them all is listed, "n/a (... did not run)" for a test with no rows (a run
+# stopped at its budget, a file that failed to collect), so a target never drops out of the table.
+KERNEL_TESTS = ("test_bench_otam", "test_bench_sample_attention", "test_bench_isc_variants", "test_bench_bank")
+BANK_WORKLOADS = ("retrieve_train_episode", "retrieve_train_64_episodes", "update_episode", "update_ddp_64x3")
 
 
 def targets(rows: list[Row]) -> list[Target]:
-    """Issue #3's targets for the benchmarks ``rows`` hold: speed targets from the medians of the
-    timed rows they name ("n/a" when one of those did not run, was skipped or failed its check:
-    the log says which), and the Table 5 FLOP ratios."""
+    """Issue #3's targets (and issue #4's bank op vs its reference) for the benchmarks ``rows``
+    hold: speed targets from the medians of the timed rows they name ("n/a" when one of those did
+    not run, was skipped or failed its check: the log says which), and the Table 5 FLOP ratios."""
     out: list[Target] = []
     tests = {r.test for r in rows}
+    kernels = bool(tests & set(KERNEL_TESTS))
 
-    def ratio(what: str, goal: float, test: str, fast: str, slow: str, **params: str) -> None:
+    def ratio(what: str, goal: float, test: str, fast: str, slow: str, strict: bool = False, **params: str) -> None:
+        if not kernels:
+            return
+        goal_text = f"> {goal:g}x" if strict else f">= {goal:g}x"
         if test not in tests:
+            out.append(Target(what, goal_text, f"n/a ({test} did not run)", None))
             return
         a, b = _find(rows, test, fast, **params), _find(rows, test, slow, **params)
         if a is None or b is None:
-            why = f"{fast if a is None else slow} not timed"
-            out.append(Target(what, f">= {goal:g}x", f"n/a ({why})", None))
+            missing = fast if a is None else slow
+            why = f"{missing} failed its check" if _failed(rows, test, missing, **params) else f"{missing} not timed"
+            out.append(Target(what, goal_text, f"n/a ({why})", None))
             return
         x = b.median / a.median
-        value = f"{_ratio_text(x)} ({_time(a.median)} vs {_time(b.median)})"
+        value = f"{_ratio_text(x, goal, strict)} ({_time(a.median)} vs {_time(b.median)})"
         pa, pb = a.extra.get("pipelined_s"), b.extra.get("pipelined_s")
         if pa and pb:  # information only: the verdict is on the per-call medians
             value += f"; back to back {_ratio_text(pb / pa)}"
-        out.append(Target(what, f">= {goal:g}x", value, x >= goal))
+        out.append(Target(what, goal_text, value, x > goal if strict else x >= goal))
 
     ratio("OTAM fwd+bwd, train episode: Triton vs reference loop", 50, "test_bench_otam", "triton", "torch",
           workload="train_5w1s")
     for wl in ("train_5w1s", "test_5w5s", "eval_10k_episodes"):
-        ratio(f"OTAM {wl}: Triton vs pysdtw (soft-DTW CUDA)", 1, "test_bench_otam", "triton", "pysdtw", workload=wl)
+        ratio(f"OTAM {wl}: Triton vs pysdtw (soft-DTW CUDA)", 1, "test_bench_otam", "triton", "pysdtw", strict=True,
+              workload=wl)
     for wl in ("train_5w1s", "train_5w5s"):
         for mode in ("fwd", "fwd_bwd"):
             for dtype in ("f32", "bf16"):
                 ratio(f"sample attention {wl} {mode} {dtype}: fused vs SDPA with mask", 2,
                       "test_bench_sample_attention", "fused", "sdpa_mask", workload=wl, mode=mode, dtype=dtype)
-    if "test_bench_otam" in tests:
+    for wl in BANK_WORKLOADS:  # issue #4 sets no figure: the fused op is to beat its reference
+        ratio(f"bank {wl}: extension vs reference", 1, "test_bench_bank", "ext", "torch", strict=True, workload=wl)
+    if kernels:
+        what, goal = "OTAM, 10,000 test episodes at once", "< 5 ms"
         r = _find(rows, "test_bench_otam", "triton", workload="eval_10k_episodes")
-        if r is None:
-            out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms", "n/a (triton not timed)", None))
+        if "test_bench_otam" not in tests:
+            out.append(Target(what, goal, "n/a (test_bench_otam did not run)", None))
+        elif r is None:
+            why = "failed its check" if _failed(rows, "test_bench_otam", "triton", workload="eval_10k_episodes") \
+                else "not timed"
+            out.append(Target(what, goal, f"n/a (triton {why})", None))
         else:
-            out.append(Target("OTAM, 10,000 test episodes at once", "< 5 ms", _time(r.median), r.median < 5e-3))
+            out.append(Target(what, goal, _time(r.median), r.median < 5e-3))
     variants = {dict(r.group).get("variant"): r.extra for r in rows if r.test == "test_bench_isc_variants"}
     for variant, paper in PAPER_TABLE5_RATIO.items():
         extra = variants.get(variant)
         goal = f"{_ratio_text(paper)} ± {TABLE5_TOLERANCE:.0%} (paper)"
         if extra is None or "ratio_to_isc" not in extra:
-            if variants:
+            if variants or kernels:
                 out.append(Target(f"Table 5: {variant} / ISC MFLOPs", goal, f"n/a ({variant} not run)", None))
             continue
         x = float(extra["ratio_to_isc"])
@@ -213,6 +262,9 @@ def render(data: dict, rows: list[Row], commit: str | None = None) -> str:
             if r.smoke:
                 lines.append(f"| {r.label} | {r.provider} | untimed | | | | | |")
                 continue
+            if r.failed:  # timed, then a check on its result failed: the time stands for nothing
+                lines.append(f"| {r.label} | {r.provider} | failed its check ({_time(r.median)}) | | | | | |")
+                continue
             piped = _time(r.extra["pipelined_s"]) if r.extra.get("pipelined_s") else ""
             kernel = f" ({r.extra['sdpa_backend']})" if r.extra.get("sdpa_backend") else ""  # the kernel SDPA picked
             lines.append(f"| {r.label} | {r.provider}{kernel} | {_time(r.median)} | {_time(r.iqr)} | {r.rounds} | "
@@ -220,7 +272,7 @@ def render(data: dict, rows: list[Row], commit: str | None = None) -> str:
     lines += _table5(rows)
     found = targets(rows)
     if found:
-        lines += ["", "### targets (issue #3)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+        lines += ["", "### targets (issues #3 and #4)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
         lines += [f"| {t.what} | {t.goal} | {t.value} | {t.verdict} |" for t in found]
     return "\n".join(lines) + "\n"
 
