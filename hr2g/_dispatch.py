@@ -8,6 +8,7 @@ not refuse.  Optional parts are imported lazily, once, on first use -- never at 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -46,8 +47,16 @@ class BackendUnavailable(RuntimeError):
     """Raised when an explicitly requested backend refuses; the message says why."""
 
 
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def triton_interpreting(op: str | None = None) -> bool:
+    """Whether ``TRITON_INTERPRET=1`` is set and (given ``op``) ``op``'s kernel module, if already
+    imported, was imported under it.  Triton fixes interpretation at import (``triton.jit`` reads
+    the variable then): set only afterwards, it used to get CPU tensors approved for kernels
+    compiled for a GPU ("0 active drivers").  Both must agree; unset now, the kernels are refused
+    on the CPU whatever they were imported as, as the variable's contract says."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False
+    mod = sys.modules.get(_MODULES.get(("triton", op), "")) if op is not None else None
+    return bool(getattr(mod, "_INTERPRET", True))
 
 
 # name -> (module, None) or (None, reason), filled on first use.  A plain dict and import
@@ -94,13 +103,16 @@ def _tensors(args) -> list[torch.Tensor]:
     return [a for a in args if isinstance(a, torch.Tensor)]
 
 
-def _device_reason(backend: str, args, auto: bool) -> str | None:
+def _device_reason(op: str, backend: str, args, auto: bool) -> str | None:
     ts = _tensors(args)
     devices = {t.device.type for t in ts}
     if len({t.device for t in ts}) > 1:
         return f"tensors are on different devices: {sorted(str(t.device) for t in ts)}"
     if backend == "triton" and "cuda" not in devices:
-        if not triton_interpreting():
+        if not triton_interpreting(op):
+            if triton_interpreting():
+                return (f"tensors are on the CPU and {_MODULES[(backend, op)]} was imported before TRITON_INTERPRET=1 "
+                        "was set (Triton reads it at import): set it before importing hr2g's kernels")
             return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (Triton needs CUDA tensors)"
         if auto:
             return "CPU tensors: the Triton interpreter is a test vehicle, slower than the reference; request backend='triton' explicitly"
@@ -138,7 +150,7 @@ def refusal(op: str, backend: str, args, auto: bool = False) -> str | None:
         return f"{op} has no {backend} implementation (available: {IMPLEMENTED[op]})"
     if backend == "torch":
         return None
-    why = _device_reason(backend, args, auto)
+    why = _device_reason(op, backend, args, auto)
     if why:
         return why
     mod, why = load_module(_MODULES[(backend, op)])

@@ -12,6 +12,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+# The smallest OTAM lambda and bank temperature hr2g.ops takes: the kernels work in fp32 with
+# 1 / lambda (OTAM's exp2 scale, 1 / (lambda ln 2)) and sim / temperature, which overflow below
+# ~4e-39; long before that the soft minimum / softmax is a hard one (at 1e-6, distances 1e-4 apart
+# are e^-100 apart in weight), so smaller values would buy nothing but NaNs.  Near it, fp32 OTAM
+# gradients are only good to about 1e-7 / lambda, the kernel's and the fp32 reference's alike
+# (vs fp64, on gradients of ~0.8: 1e-4 off at lambda 1e-3, 0.1 at 1e-6): ill-conditioned near-ties
+# between alignment paths, not a kernel error.
+MIN_SCALE = 1e-6
 BACKBONES = ("ViT-B-16", "ViT-B-32", "RN50", "tiny")
 TINY_HAS_NO_WEIGHTS = ("the tiny backbone is randomly initialised and has no weights to load: "
                        "--set model.pretrained=none, or another model.backbone")
@@ -68,10 +76,9 @@ class ModelConfig:
         if not 0.0 < self.ikt_kappa <= 1.0:
             raise ValueError(f"model.ikt_kappa={self.ikt_kappa} is outside the allowed range (0, 1]")
         _range("model.ikt_momentum", self.ikt_momentum, 0.0, 1.0)
-        if not self.ikt_temperature > 0:  # `not >`: NaN fails too
-            raise ValueError(f"model.ikt_temperature={self.ikt_temperature} must be > 0")
-        if not self.otam_lambda > 0:
-            raise ValueError(f"model.otam_lambda={self.otam_lambda} must be > 0")
+        for name, value in (("model.ikt_temperature", self.ikt_temperature), ("model.otam_lambda", self.otam_lambda)):
+            if not (math.isfinite(value) and value >= MIN_SCALE):  # NaN fails too
+                raise ValueError(f"{name}={value} must be finite and >= {MIN_SCALE:g} (hr2g.ops' fp32 kernels)")
         if not self.aux_text_weight >= 0:
             raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be >= 0")
         if not self.trx_cardinalities:

@@ -6,9 +6,12 @@ hr2g.info`` prints which backend each op would use on this machine and why the o
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hr2g._dispatch import BackendUnavailable, resolve  # noqa: F401  (re-exported)
+from hr2g.config import MIN_SCALE  # the smallest lambda / temperature: why, there
 
 
 def _require(cond: bool, msg) -> None:
@@ -17,6 +20,38 @@ def _require(cond: bool, msg) -> None:
     host time of one episode-sized kernel call, so they are built only on failure.)"""
     if not cond:
         raise ValueError(msg() if callable(msg) else msg)
+
+
+def _floating_same_device(op: str, names: str, *tensors: torch.Tensor) -> None:
+    """Every backend computes in floating point on one device: integer inputs used to come back
+    truncated or as zeros from the reference, and mixed devices fail deep inside torch.
+    ``names``: the tensors' names, comma-separated.  (A loop without closures: 0.6 us a call.)"""
+    device = tensors[0].device
+    for t in tensors:
+        if not t.is_floating_point() or t.device != device:
+            _refuse_tensors(op, names.split(","), tensors)
+
+
+def _refuse_tensors(op: str, names: list[str], tensors) -> None:
+    for name, t in zip(names, tensors):
+        _require(t.is_floating_point(), f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    raise ValueError(f"{op}: tensors must be on one device, got "
+                     + ", ".join(f"{name} on {t.device}" for name, t in zip(names, tensors)))
+
+
+def _integer(op: str, name: str, value) -> int:
+    """``value`` as an int, refusing a fractional one (2.7 used to be taken as 2)."""
+    n = int(value)
+    if n != value:
+        raise ValueError(f"{op}: {name} must be an integer, got {value!r}")
+    return n
+
+
+def _scale(op: str, name: str, value) -> float:
+    x = float(value)
+    _require(math.isfinite(x) and x >= MIN_SCALE,
+             lambda: f"{op}: {name} must be finite and >= {MIN_SCALE:g} (fp32 kernels; smaller is a hard minimum), got {value}")
+    return x
 
 
 def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5, backend: str = "auto") -> torch.Tensor:
@@ -30,9 +65,10 @@ def otam_distance(query: torch.Tensor, support: torch.Tensor, lam: float = 0.5, 
     _require(query.shape[-1] == support.shape[-1], lambda: f"otam_distance: channel dims differ: {query.shape[-1]} vs {support.shape[-1]}")
     _require(query.shape[-2] >= 1 and support.shape[-2] >= 1, "otam_distance: sequences need at least one frame")
     _require(query.dtype == support.dtype, lambda: f"otam_distance: dtypes differ: {query.dtype} vs {support.dtype}")
-    _require(float(lam) > 0, lambda: f"otam_distance: lam must be > 0, got {lam}")
-    _, fn = resolve("otam_distance", backend, query, support, float(lam))
-    return fn(query, support, float(lam))
+    _floating_same_device("otam_distance", "query,support", query, support)
+    lam = _scale("otam_distance", "lam", lam)
+    _, fn = resolve("otam_distance", backend, query, support, lam)
+    return fn(query, support, lam)
 
 
 def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_support: int | None = None, backend: str = "auto") -> torch.Tensor:
@@ -45,9 +81,10 @@ def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_suppor
     _require(q.shape == k.shape == v.shape, lambda: f"sample_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     _require(q.dtype == k.dtype == v.dtype, lambda: f"sample_attention: dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     _require(q.shape[3] >= 1, lambda: f"sample_attention: head dim d must be >= 1; got q of shape {tuple(q.shape)}")
+    _floating_same_device("sample_attention", "q,k,v", q, k, v)
     s = q.shape[2]
     if n_support is not None:
-        n_support = int(n_support)
+        n_support = _integer("sample_attention", "n_support", n_support)
         _require(1 <= n_support <= s, lambda: f"sample_attention: n_support must be in [1, S={s}], got {n_support}")
     _, fn = resolve("sample_attention", backend, q, k, v, n_support)
     return fn(q, k, v, n_support)
@@ -56,7 +93,8 @@ def sample_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_suppor
 def _check_bank(op: str, protos: torch.Tensor, bank: torch.Tensor, filled: int) -> int:
     _require(protos.dim() == 2 and bank.dim() == 2, lambda: f"{op}: protos must be [M, C] and bank [G, C]; got {tuple(protos.shape)} and {tuple(bank.shape)}")
     _require(protos.shape[1] == bank.shape[1], lambda: f"{op}: channel dims differ: protos C={protos.shape[1]}, bank C={bank.shape[1]}")
-    filled = int(filled)
+    _floating_same_device(op, "protos,bank", protos, bank)
+    filled = _integer(op, "filled", filled)
     _require(0 <= filled <= bank.shape[0], lambda: f"{op}: filled must be in [0, G={bank.shape[0]}], got {filled}")
     return filled
 
@@ -69,12 +107,12 @@ def bank_retrieve(protos: torch.Tensor, bank: torch.Tensor, filled: int, topk: i
     Differentiable w.r.t. ``protos``.
     """
     filled = _check_bank("bank_retrieve", protos, bank, filled)
-    topk = int(topk)
+    topk = _integer("bank_retrieve", "topk", topk)
     if filled > 0:
         _require(1 <= topk <= filled, lambda: f"bank_retrieve: topk must be in [1, filled={filled}], got {topk}")
-    _require(float(temperature) > 0, lambda: f"bank_retrieve: temperature must be > 0, got {temperature}")
-    _, fn = resolve("bank_retrieve", backend, protos, bank, filled, topk, float(temperature))
-    return fn(protos, bank, filled, topk, float(temperature))
+    temperature = _scale("bank_retrieve", "temperature", temperature)
+    _, fn = resolve("bank_retrieve", backend, protos, bank, filled, topk, temperature)
+    return fn(protos, bank, filled, topk, temperature)
 
 
 def bank_update_(bank: torch.Tensor, filled: int, protos: torch.Tensor, momentum: float = 0.99, backend: str = "auto") -> int:
