@@ -109,6 +109,21 @@ class RunLock:
             self._file = None
 
 
+def _check_crcs(path: Path) -> None:
+    """torch.load does not check the archive's CRCs: 2,000 bytes flipped inside a tensor loaded
+    silently (weights off by 1e5) and were evaluated.  Checking them reads the file once more,
+    0.17 s for 400 MB here (page cache warm), beside torch.load's 0.41 s."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # a damaged directory or header
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {first})") from exc
+    if bad is not None:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: its entry {bad!r} fails its CRC check (a damaged copy "
+                         "or disk); use another checkpoint of the run (last.pt / best.pt / an epoch's)")
+
+
 def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
     """The checkpoint at ``path``; ``mmap=True`` maps its tensors instead of reading them (for a
     quick look at the config of a multi-GB checkpoint)."""
@@ -123,6 +138,8 @@ def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dic
     if not zipfile.is_zipfile(path):  # torch's messages for it advise weights_only=False or mmap options
         raise ValueError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint (not a zip archive): corrupt, "
                          "truncated, or not written by hr2g.train")
+    if not mmap:  # (a mapped load reads only what it touches: the config; the full load checks)
+        _check_crcs(path)
     try:
         # weights_only: unpickling runs no code from the file, so a downloaded checkpoint is safe to
         # load; numpy arrays are allowed for checkpoints written before the RNG state became lists

@@ -1,5 +1,7 @@
 """Training, checkpointing, evaluation and CLI behaviour on the tiny config (CPU, seconds)."""
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -213,6 +215,16 @@ def test_checkpoints_load_without_running_code_from_the_file(trained, tmp_path):
         bad.write_bytes(data)
         with pytest.raises(ValueError, match=r"bad.pt' is not a PyTorch checkpoint \(not a zip archive\): corrupt, truncated"):
             checkpoint.load(bad, mmap=True)
+    # bytes flipped inside a tensor: torch.load does not check CRCs and loaded wrong weights
+    data = bytearray(Path(summary["last"]).read_bytes())
+    with zipfile.ZipFile(summary["last"]) as archive:
+        entry = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor's storage
+    at = entry.header_offset  # the local header: 30 bytes, then its name and (padding) extra field
+    start = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")
+    data[start + 100:start + 120] = bytes(255 - b for b in data[start + 100:start + 120])
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"bad.pt' is corrupt: its entry '{re.escape(entry.filename)}' fails its CRC check"):
+        checkpoint.load(bad)
 
 
 def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
