@@ -11,10 +11,12 @@ best-validation checkpoint (the last one when validation is off) is evaluated on
 fixed, seeded episodes; ``result.json`` records the outcome and the resolved configuration.
 
 Re-running is free: a variant whose ``result.json`` exists with the same configuration is not
-trained again, and a variant whose resolved configuration equals one already evaluated in another
-study (the full model appears in Tables 4, 5, 6, 7, 8, 9, 10 and 12) reuses that result.  A
-variant whose stored configuration differs from the requested one stops the command: pass
-``--rerun`` to retrain, or choose another ``--out``.
+trained again (one whose evaluation alone differs, ``--episodes`` or ``eval.*``, is evaluated again
+from its checkpoint), and a variant whose resolved configuration equals one already evaluated in
+another study (the full model appears in Tables 4, 5, 6, 7, 8, 9, 10 and 12) reuses that result.
+A variant whose stored training configuration differs from the requested one stops the command:
+pass ``--rerun`` to retrain, or choose another ``--out``.  Ctrl-C (or SIGTERM) stops as
+``hr2g.train`` does, with the variant's checkpoint saved: the same command continues.
 
 ``<out>/results.csv`` and ``<out>/results.md`` hold one row per evaluated variant of every study
 found under ``--out``: overrides, accuracy ± 95% CI and trainable parameters.
@@ -27,9 +29,11 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import io
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +116,16 @@ def _diff(old: dict, new: dict) -> str:
     return "; ".join(changes[:6]) or "(no field differs)"
 
 
+def _trained(fp: dict) -> dict:
+    """The part of a fingerprint that the training depends on (everything but the evaluation)."""
+    return {k: v for k, v in fp.items() if k != "eval"}
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half result that counts as done
+    from hr2g.checkpoint import write_text_atomic
+
+    # atomic: an interrupted write never leaves a half result that counts as done
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _equal_result(out: Path, fp: dict, exclude: Path, only: set[Path] | None) -> dict | None:
@@ -129,17 +139,36 @@ def _equal_result(out: Path, fp: dict, exclude: Path, only: set[Path] | None) ->
     return None
 
 
-def run_variant(base: Config, study: Study, variant: Variant, out: Path, episodes: int, rerun: bool,
-                fresh: set[Path], progress: bool) -> dict:
-    """Train (or resume) and evaluate one variant; returns its result row (also in result.json)."""
+def _evaluate(cfg: Config, out: Path, path: Path, episodes: int, progress: bool) -> dict:
+    """The test-split evaluation of checkpoint ``path``: the result row's evaluation fields."""
     import torch
 
     from hr2g import checkpoint
     from hr2g.data.build import build_dataset
     from hr2g.evaluation import evaluate_model, load_model
-    from hr2g.training import resolve_device, train
+    from hr2g.training import resolve_device
 
-    cfg = variant_config(base, variant, study.needs)
+    device = resolve_device(cfg.train.device)
+    model, _ = load_model(checkpoint.load(path), device, path)
+    res = evaluate_model(model, build_dataset(cfg.data, "test", device), cfg, episodes=episodes, seed=cfg.eval.seed,
+                         k_shot=cfg.data.k_shot, progress=progress)
+    fields = {"episodes": res.episodes, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
+              "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+              "total_params": sum(p.numel() for p in model.parameters()), "checkpoint": str(path.relative_to(out))}
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return fields
+
+
+def run_variant(base: Config, study: Study, variant: Variant, out: Path, episodes: int, rerun: bool,
+                fresh: set[Path], progress: bool) -> dict:
+    """Train (or resume) and evaluate one variant; returns its result row (also in result.json)."""
+    from hr2g.training import absolute_data_paths, train
+
+    # data paths absolute, as train() stores them: a relative --data-root used to make every
+    # interrupted variant "a different configuration" (its config.json holds the absolute path)
+    cfg = absolute_data_paths(variant_config(base, variant, study.needs))
     vdir = out / study.name / variant.name
     result_path = vdir / "result.json"
     cfg.train.out_dir = str(vdir / "run")
@@ -151,6 +180,14 @@ def run_variant(base: Config, study: Study, variant: Variant, out: Path, episode
         if old["config"] == fp:
             log.info("%s: result exists (%s), skipped", label, result_path)
             return old["row"]
+        ckpt = out / old["row"]["checkpoint"]
+        if _trained(old["config"]) == _trained(fp) and ckpt.exists():
+            # only the evaluation differs (--episodes, eval.*): evaluate the trained checkpoint again
+            log.info("%s: trained already; evaluating %s again (%s)", label, ckpt, _diff(old["config"], fp))
+            row = dict(old["row"], **_evaluate(cfg, out, ckpt, episodes, progress))
+            _write_json(result_path, {"config": fp, "row": row})
+            fresh.add(result_path)
+            return row
         raise SystemExit(f"error: {result_path} was produced with a different configuration ({_diff(old['config'], fp)}); "
                          "pass --rerun to retrain it, or use another --out")
     source = _equal_result(out, fp, exclude=result_path, only=fresh if rerun else None)
@@ -173,24 +210,15 @@ def run_variant(base: Config, study: Study, variant: Variant, out: Path, episode
     summary = train(cfg, resume="auto", progress=progress)
     best = run_dir / "best.pt"
     path = best if cfg.train.val_episodes > 0 and best.exists() else run_dir / "last.pt"
-    device = resolve_device(cfg.train.device)
-    model, _ = load_model(checkpoint.load(path), device, path)
-    res = evaluate_model(model, build_dataset(cfg.data, "test", device), cfg, episodes=episodes, seed=cfg.eval.seed,
-                         k_shot=cfg.data.k_shot, progress=progress)
-    trainable = sum(p.numel() for p in model.trainable_parameters())
     row = {"study": study.name, "variant": variant.name, "overrides": " ".join(variant.overrides),
            "dataset": cfg.data.dataset, "backbone": cfg.model.backbone, "n_way": cfg.data.n_way, "k_shot": cfg.data.k_shot,
-           "episodes": res.episodes, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
-           "trainable_params": trainable, "total_params": sum(p.numel() for p in model.parameters()),
+           **_evaluate(cfg, out, path, episodes, progress),
            "best_val": round(100 * summary["best_val"], 2) if summary["best_val"] >= 0 else None,
-           "checkpoint": str(path.relative_to(out)), "train_seconds": round(summary["seconds"], 1), "reused_from": ""}
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+           "train_seconds": round(summary["seconds"], 1), "reused_from": ""}
     _write_json(result_path, {"config": fp, "row": row})
     fresh.add(result_path)
     log.info("%s: %.2f ± %.2f %% (%d episodes), %d trainable parameters", label, row["accuracy"], row["ci95"],
-             row["episodes"], trainable)
+             row["episodes"], row["trainable_params"])
     return row
 
 
@@ -224,13 +252,16 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_tables(out: Path) -> tuple[Path, Path, list[dict]]:
+    from hr2g.checkpoint import write_text_atomic
+
     rows = collect(out)
     csv_path, md_path = out / "results.csv", out / "results.md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: r.get(k) for k in CSV_FIELDS} for r in rows)
-    md_path.write_text("# Ablations\n\n" + markdown(rows))
+    table = io.StringIO(newline="")  # written whole or not at all, as result.json
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in CSV_FIELDS} for r in rows)
+    write_text_atomic(csv_path, table.getvalue())
+    write_text_atomic(md_path, "# Ablations\n\n" + markdown(rows))
     return csv_path, md_path, rows
 
 
@@ -280,12 +311,25 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fresh: set[Path] = set()
+    from hr2g.stopping import TrainingStopped
+
     for name in args.study:
         for variant in STUDIES[name].variants:
             try:
                 run_variant(base, STUDIES[name], variant, out, episodes, args.rerun, fresh, not args.no_progress)
             except ValueError as exc:
                 raise SystemExit(f"error: {name}/{variant.name}: {exc}") from None
+            except TrainingStopped as stop:  # as hr2g.train: one line, the shell's code for the signal
+                write_tables(out)
+                print(f"hr2g.ablate: {name}/{variant.name}: {stop}; the same command continues it (finished "
+                      "variants are kept)", file=sys.stderr)
+                raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
+            except KeyboardInterrupt:  # a second Ctrl-C in training, or one while evaluating: stopped at once
+                if args.verbose:
+                    raise
+                print(f"hr2g.ablate: {name}/{variant.name}: interrupted; the same command continues it (training "
+                      "from the variant's last checkpoint; finished variants are kept)", file=sys.stderr)
+                raise SystemExit(130) from None
             write_tables(out)  # after every variant: a long study shows its progress in the table
     csv_path, md_path, rows = write_tables(out)
     print(markdown([r for r in rows if r["study"] in args.study]))

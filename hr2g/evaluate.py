@@ -36,7 +36,7 @@ def main(argv=None) -> list[dict]:
     from hr2g.cli import setup_logging, writable_file
     from hr2g.config import set_field
     from hr2g.data.episodes import EpisodeSampler
-    from hr2g.evaluation import evaluate_model
+    from hr2g.evaluation import EncodedVideos, evaluate_model
     from hr2g.inference import dataset_from_args, load_trained
 
     setup_logging()
@@ -63,11 +63,13 @@ def main(argv=None) -> list[dict]:
         except ValueError as exc:
             raise SystemExit(f"error: --shots {k}: {exc}") from None
     results, written = [], 0
+    encoded = EncodedVideos()  # each video decoded and encoded once, for every shot setting
     try:
         for k in args.shots:
             try:
                 res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
-                                     batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress)
+                                     batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress,
+                                     encoded=encoded)
             except (ValueError, FloatingPointError) as exc:
                 raise SystemExit(f"error: {exc}") from None
             row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,

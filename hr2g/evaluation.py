@@ -83,20 +83,45 @@ def encode_dataset(model: HR2G, dataset: VideoDataset, indices: list[int], devic
     return rows, feats, failed
 
 
+class EncodedVideos:
+    """Encoder features of one dataset's videos under one model, encoded as evaluations need them
+    and kept: ``evaluate --shots 1 5`` used to decode and encode the split once per shot."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, int] = {}  # video index -> row of feats
+        self.feats: torch.Tensor | None = None
+        self.failed: dict[str, str] = {}  # path -> why it could not be read
+        self.tried: set[int] = set()
+
+    def _encode(self, model: HR2G, dataset: VideoDataset, indices: list[int], device: torch.device, amp: bool,
+                progress: bool) -> None:
+        rows, feats, failed = encode_dataset(model, dataset, indices, device, amp, progress=progress)
+        offset = 0 if self.feats is None else len(self.feats)
+        self.rows.update({i: r + offset for i, r in rows.items()})
+        self.feats = feats if self.feats is None else torch.cat([self.feats, feats])
+        self.failed.update(failed)
+        self.tried.update(indices)
+
+    def ensure(self, model: HR2G, dataset: VideoDataset, needed: list[int], device: torch.device, amp: bool,
+               progress: bool = False) -> tuple[dict[int, int], torch.Tensor, dict[str, str], set[int]]:
+        """The videos ``needed`` encoded (those not yet tried); once any video has failed, the rest
+        of the split too, because repaired episodes draw replacements from all of it.  Returns
+        (index -> row, feats, failures, indices without features)."""
+        todo = sorted(set(needed) - self.tried)
+        if todo or self.feats is None:
+            self._encode(model, dataset, todo, device, amp, progress)
+        if self.failed:
+            rest = sorted(set(range(len(dataset))) - self.tried - set(dataset.unavailable))  # known missing: never drawn
+            if rest:
+                self._encode(model, dataset, rest, device, amp, progress)
+        bad = set(range(len(dataset))) - set(self.rows) if self.failed else set()
+        return self.rows, self.feats, self.failed, bad
+
+
 def encode_for_episodes(model: HR2G, dataset: VideoDataset, needed: list[int], device: torch.device, amp: bool,
                         progress: bool = False) -> tuple[dict[int, int], torch.Tensor, dict[str, str], set[int]]:
-    """:func:`encode_dataset` of the videos the episodes use; if any fails, the rest of the split is
-    encoded too, because repaired episodes draw replacements from all of it.  Returns (index -> row,
-    feats, failures, indices without features)."""
-    rows, feats, failed = encode_dataset(model, dataset, needed, device, amp, progress=progress)
-    if not failed:
-        return rows, feats, failed, set()
-    extra = sorted(set(range(len(dataset))) - set(needed) - set(dataset.unavailable))  # known missing: never drawn
-    rows2, feats2, failed2 = encode_dataset(model, dataset, extra, device, amp, progress=progress)
-    rows.update({i: r + len(feats) for i, r in rows2.items()})
-    feats = torch.cat([feats, feats2])
-    failed.update(failed2)
-    return rows, feats, failed, set(range(len(dataset))) - set(rows)
+    """:func:`encode_dataset` of the videos the episodes use (:meth:`EncodedVideos.ensure`, once)."""
+    return EncodedVideos().ensure(model, dataset, needed, device, amp, progress)
 
 
 def repair(spec: EpisodeSpec, bad: set[int], sampler: EpisodeSampler, rng: np.random.Generator) -> EpisodeSpec | None:
@@ -162,8 +187,9 @@ def episode_accuracies(model: HR2G, feats: torch.Tensor, rows: dict[int, int], s
 @torch.no_grad()
 def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: int, seed: int, k_shot: int,
                    n_way: int | None = None, q_query: int | None = None, batch_episodes: int | None = None,
-                   progress: bool = True) -> EvalResult:
-    """Mean accuracy and 95% CI of ``model`` over ``episodes`` seeded N-way K-shot episodes."""
+                   progress: bool = True, encoded: EncodedVideos | None = None) -> EvalResult:
+    """Mean accuracy and 95% CI of ``model`` over ``episodes`` seeded N-way K-shot episodes.
+    ``encoded``: features to reuse and extend, for several evaluations of this model on ``dataset``."""
     n_way = n_way or cfg.data.n_way
     q_query = q_query or cfg.data.test_q_query
     batch_episodes = batch_episodes or cfg.eval.batch_episodes
@@ -176,7 +202,8 @@ def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: in
         amp = cfg.train.amp and device.type == "cuda"
         bank_before = model.ikt.bank.clone() if model.ikt is not None else None
         needed = sorted({int(i) for s in specs for i in np.concatenate([s.support, s.query])})
-        rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
+        rows, feats, failed, bad = (encoded or EncodedVideos()).ensure(model, dataset, needed, device, amp, progress)
+        failed = dict(failed)  # this result's own copy: a later evaluation may add to the cache's
         if failed:
             rng = np.random.default_rng([seed, 1])  # repairs are seeded too: same episodes on every run
             try:

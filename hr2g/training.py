@@ -195,6 +195,15 @@ def _stop(checkpoint, epoch: int, step: int, stop: StopSignals, out: Path, dist_
     raise TrainingStopped(stop.received or "signal on another rank", str(out / "last.pt"), epoch, step)
 
 
+def absolute_data_paths(cfg: Config) -> Config:
+    """``cfg.data``'s data_root and split_dir made absolute, in place: a run stores them so, since
+    evaluate / --resume / ablate may run from another folder (and compare configurations)."""
+    for key in ("data_root", "split_dir"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
+    return cfg
+
+
 def train(cfg: Config, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Train per ``cfg`` (under ``torchrun``: one rank of a DDP job); returns a summary dict.
 
@@ -205,9 +214,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     """
 
     cfg.validate()
-    for key in ("data_root", "split_dir"):  # stored absolute: evaluate / --resume may run from another folder
-        if getattr(cfg.data, key):
-            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
+    absolute_data_paths(cfg)
     device = resolve_device(cfg.train.device)
     dist_info = init_from_env(device.type, cfg.train.dist_timeout_min)
     if dist_info.enabled and device.type == "cuda":

@@ -96,3 +96,60 @@ def test_list_prints_the_variants(capsys):
     assert ablate.main(["--study", "table9", "--list"]) == []
     out = capsys.readouterr().out
     assert "mu=0.999" in out and "model.ikt_bank_size=100" in out
+
+
+def test_a_changed_evaluation_alone_evaluates_again_without_training(table4, tmp_path, monkeypatch):
+    """--episodes 6 after a study evaluated on 4 used to stop ("different configuration"), and
+    --rerun then threw the trained runs away."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(table4[0], out)
+    calls = _count_trainings(monkeypatch)
+    more = [a if a != "4" else "6" for a in TINY]  # --episodes 6
+    rows = ablate.main(["--study", "table4", "--out", str(out)] + more)
+    assert calls == [] and [r["episodes"] for r in rows] == [6] * 4
+    assert [r["checkpoint"] for r in rows] == [r["checkpoint"] for r in table4[1]]
+    assert [r["train_seconds"] for r in rows] == [r["train_seconds"] for r in table4[1]]  # the training's row kept
+    assert ablate.main(["--study", "table4", "--out", str(out)] + more) == rows and calls == []
+    with pytest.raises(SystemExit, match=r"different configuration \(train.lr"):  # training settings still stop it
+        ablate.main(["--study", "table4", "--out", str(out), "--set", "train.lr=0.002"] + more)
+
+
+def test_an_interrupted_variant_with_a_relative_data_root_resumes(tmp_path, monkeypatch):
+    """train() stores data paths absolute in config.json; ablate compared that with the variant's
+    relative --data-root and refused to resume ("a different configuration ... pass --rerun")."""
+    import hr2g.training
+    from hr2g.stopping import TrainingStopped
+
+    def interrupted(cfg, **kw):  # what train() does before its first step, then a SIGINT
+        hr2g.training.absolute_data_paths(cfg)
+        run = tmp_path / "out" / "table4" / "baseline" / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(cfg.dumps())
+        raise TrainingStopped("SIGINT", str(run / "last.pt"), 0, 3)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hr2g.training, "train", interrupted)
+    base = get_preset("tiny")
+    base.data.dataset, base.data.data_root = "hmdb51", "data/hmdb51"  # relative to the working folder
+    study = ablate.STUDIES["table4"]
+    for _ in range(2):  # the second call resumes (here: is interrupted again) instead of refusing
+        with pytest.raises(TrainingStopped):
+            ablate.run_variant(base, study, study.variants[0], tmp_path / "out", 4, False, set(), False)
+
+
+def test_ctrl_c_stops_with_one_line_and_the_signal_exit_code(tmp_path, monkeypatch, capsys):
+    import hr2g.training
+    from hr2g.stopping import TrainingStopped
+
+    def stopped(cfg, **kw):
+        raise TrainingStopped("SIGTERM", f"{cfg.train.out_dir}/last.pt", 0, 5)
+
+    monkeypatch.setattr(hr2g.training, "train", stopped)
+    with pytest.raises(SystemExit) as exc:
+        ablate.main(["--study", "table4", "--out", str(tmp_path)] + TINY)
+    err = capsys.readouterr().err
+    assert exc.value.code == 143 and "Traceback" not in err
+    assert "hr2g.ablate: table4/baseline: SIGTERM: stopped after step 5 of epoch 1" in err
+    assert "the same command continues it" in err and (tmp_path / "results.csv").exists()

@@ -285,6 +285,25 @@ def test_ctrl_c_in_evaluate_keeps_the_finished_shots(run, tmp_path, monkeypatch,
     assert [r["k_shot"] for r in json.loads(out.read_text())] == [1]
 
 
+def test_evaluate_encodes_each_video_once_for_every_shot_setting(run, monkeypatch):
+    """--shots 1 2 used to decode and encode the split once per shot; the results are those of
+    one evaluation per shot."""
+    from hr2g import evaluation
+
+    real, encoded = evaluation.encode_dataset, []
+
+    def counting(model, dataset, indices, *args, **kwargs):
+        encoded.extend(indices)
+        return real(model, dataset, indices, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "encode_dataset", counting)
+    argv = ["--checkpoint", str(run / "last.pt"), "--episodes", "4", "--no-progress"]
+    both = evaluate_cli.main(argv + ["--shots", "1", "2"])
+    assert len(encoded) == len(set(encoded)) > 0
+    alone = [evaluate_cli.main(argv + ["--shots", str(k)])[0] for k in (1, 2)]
+    assert both == alone
+
+
 def test_device_names_a_gpu_by_index_and_one_not_there_is_an_error(monkeypatch, capsys):
     from hr2g.training import resolve_device
 
