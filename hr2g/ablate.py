@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import logging
 import shutil
@@ -252,15 +250,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_tables(out: Path) -> tuple[Path, Path, list[dict]]:
-    from hr2g.checkpoint import write_text_atomic
+    from hr2g.checkpoint import write_csv_atomic, write_text_atomic
 
     rows = collect(out)
     csv_path, md_path = out / "results.csv", out / "results.md"
-    table = io.StringIO(newline="")  # written whole or not at all, as result.json
-    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows({k: r.get(k) for k in CSV_FIELDS} for r in rows)
-    write_text_atomic(csv_path, table.getvalue())
+    # written whole or not at all, as result.json
+    write_csv_atomic(csv_path, CSV_FIELDS, [{k: r.get(k) for k in CSV_FIELDS} for r in rows])
     write_text_atomic(md_path, "# Ablations\n\n" + markdown(rows))
     return csv_path, md_path, rows
 

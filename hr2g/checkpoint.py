@@ -2,6 +2,8 @@
 the target, so a crash mid-write leaves the previous checkpoint intact."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
 import zipfile
@@ -56,6 +58,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     tmp.write_text(text, newline="")
     os.replace(tmp, path)
+
+
+def write_csv_atomic(path: str | os.PathLike, fieldnames, rows, **writer_options) -> None:
+    """``rows`` (dicts) as a CSV table with a header, written as :func:`write_text_atomic` does."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, **writer_options)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:

@@ -12,11 +12,10 @@ run reads like that of an uninterrupted one.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 
-from hr2g.checkpoint import write_text_atomic
+from hr2g.checkpoint import write_csv_atomic
 
 log = logging.getLogger("hr2g.train")
 
@@ -98,11 +97,7 @@ class RunLog:
                 if x < resume_at or (x == resume_at and not (end and mid_epoch))]
         if len(keep) == len(rows):
             return
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(keep)
-        write_text_atomic(path, buf.getvalue())
+        write_csv_atomic(path, COLUMNS, keep, extrasaction="ignore")
         if len(keep) < len(whole):
             log.info("log.csv: dropped %d rows written after the checkpoint (step %d)", len(whole) - len(keep), resume_at)
 

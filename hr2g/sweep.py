@@ -12,8 +12,6 @@ episode lists are identical; tests/test_sweep.py checks it episode by episode). 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 from dataclasses import dataclass, field, fields
@@ -128,14 +126,10 @@ def markdown_grid(points: list[SweepPoint]) -> str:
 def write_tables(points: list[SweepPoint], out: Path, header: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "sweep.csv", "json": out / "sweep.json", "md": out / "sweep.md"}
-    from hr2g.checkpoint import write_text_atomic
+    from hr2g.checkpoint import write_csv_atomic, write_text_atomic
 
     # each written whole or not at all: an interrupted write used to leave a truncated table
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(points[0].row()))
-    writer.writeheader()
-    writer.writerows(p.row() for p in points)
-    write_text_atomic(paths["csv"], table.getvalue())
+    write_csv_atomic(paths["csv"], list(points[0].row()), [p.row() for p in points])
     write_text_atomic(paths["json"], json.dumps([p.row() for p in points], indent=2) + "\n")
     write_text_atomic(paths["md"], f"{header}\n\n{markdown_grid(points)}\n")
     return paths
