@@ -36,7 +36,7 @@ def main(argv=None) -> list[dict]:
     from hr2g.cli import setup_logging, writable_file
     from hr2g.config import set_field
     from hr2g.data.episodes import EpisodeSampler
-    from hr2g.evaluation import EncodedVideos, evaluate_model
+    from hr2g.evaluation import EncodedVideos, NoEpisodesLeft, evaluate_model, unreadable_summary
     from hr2g.inference import dataset_from_args, load_trained
 
     setup_logging()
@@ -62,7 +62,7 @@ def main(argv=None) -> list[dict]:
             EpisodeSampler.for_dataset(dataset, cfg.data.n_way, k, cfg.data.test_q_query, split=split)
         except ValueError as exc:
             raise SystemExit(f"error: --shots {k}: {exc}") from None
-    results, written = [], 0
+    results, listed, written = [], [], 0  # listed: the rows with the names of the unreadable videos (--json)
     encoded = EncodedVideos()  # each video decoded and encoded once, for every shot setting
     try:
         for k in args.shots:
@@ -70,8 +70,14 @@ def main(argv=None) -> list[dict]:
                 res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
                                      batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress,
                                      encoded=encoded)
+            except NoEpisodesLeft as exc:
+                raise SystemExit(f"error: {exc}; {unreadable_summary(exc.skipped_videos)}") from None
             except (ValueError, FloatingPointError) as exc:
                 raise SystemExit(f"error: {exc}") from None
+            if res.skipped_videos and not results:  # the cache shares them: one warning for all shots
+                where = f" (all of them in {args.json})" if args.json else " (--json FILE lists all of them)"
+                log.warning("%s, replaced by other videos of their class%s", unreadable_summary(res.skipped_videos),
+                            where if len(res.skipped_videos) > 5 else "")
             row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
                    "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2),
                    "ci95": round(100 * res.ci95, 2), "skipped_videos": len(res.skipped_videos), "device": str(device)}
@@ -79,8 +85,9 @@ def main(argv=None) -> list[dict]:
                      res.episodes)
             print(json.dumps(row), flush=True)
             results.append(row)
+            listed.append({**row, "unreadable_videos": dict(sorted(res.skipped_videos.items()))})  # video -> why
             if args.json:  # after every shot: a crash or Ctrl-C keeps the finished ones
-                write_text_atomic(args.json, json.dumps(results, indent=2))
+                write_text_atomic(args.json, json.dumps(listed, indent=2))
                 written = len(results)
     except KeyboardInterrupt:
         done = f"{len(results)} of {len(args.shots)} shot settings finished"

@@ -7,6 +7,7 @@ The knowledge bank is frozen: evaluation asserts it is bit-identical afterwards.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ class NoEpisodesLeft(ValueError):
     def __init__(self, message: str, skipped_videos: dict[str, str] | None = None):
         super().__init__(message)
         self.skipped_videos = dict(skipped_videos or {})
+
+
+def unreadable_summary(failed: dict[str, str], limit: int = 5) -> str:
+    """``failed`` (video -> why it could not be read) as one line that names the first ``limit``."""
+    named = "; ".join(f"{k} ({why})" for k, why in list(failed.items())[:limit])
+    more = f"; and {len(failed) - limit} more" if len(failed) > limit else ""
+    return f"{len(failed)} unreadable video{'s' * (len(failed) != 1)}: {named}{more}"
+
+
+def write_unreadable(path, failed: dict[str, str]) -> None:
+    """``failed`` as a JSON object video -> reason, sorted, written whole or not at all (the same
+    file ``hr2g.train`` writes beside its checkpoints)."""
+    from hr2g.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps(dict(sorted(failed.items())), indent=2) + "\n")
 
 
 def require_finite_logits(logits: torch.Tensor, what: str) -> None:

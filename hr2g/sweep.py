@@ -7,7 +7,8 @@ Every video the grid needs is encoded once, for all grid points together; each p
 its own fixed, seeded episode list through the batched head.  A grid point gives exactly what
 ``python -m hr2g.evaluate --ways N --shots K`` gives with the same seed and episode count (the
 episode lists are identical; tests/test_sweep.py checks it episode by episode).  Writes
-``sweep.csv``, ``sweep.json`` and ``sweep.md`` (a ways x shots grid of accuracy ± 95% CI).
+``sweep.csv``, ``sweep.json`` and ``sweep.md`` (a ways x shots grid of accuracy ± 95% CI), and
+``unreadable_videos.json`` (video -> why) when videos could not be read.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tqdm import tqdm
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import EpisodeSampler
-from hr2g.evaluation import NoEpisodesLeft, confidence95, encode_for_episodes, episode_accuracies, repair_episodes
+from hr2g.evaluation import (NoEpisodesLeft, confidence95, encode_for_episodes, episode_accuracies, repair_episodes,
+                             unreadable_summary, write_unreadable)
 from hr2g.model.model import HR2G
 
 log = logging.getLogger("hr2g.sweep")
@@ -66,8 +68,10 @@ def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query:
 @torch.no_grad()
 def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shots: list[int], episodes: int, seed: int,
           q_query: int | None = None, batch_episodes: int | None = None, split: str = "test",
-          progress: bool = True) -> list[SweepPoint]:
-    """Accuracy ± 95% CI of ``model`` at every (N, K) of ``ways`` x ``shots``, features encoded once."""
+          progress: bool = True, unreadable: dict[str, str] | None = None) -> list[SweepPoint]:
+    """Accuracy ± 95% CI of ``model`` at every (N, K) of ``ways`` x ``shots``, features encoded once.
+    ``unreadable``: a dict that gets the videos that could not be read (video -> why), also when
+    the sweep then fails for lack of readable videos."""
     q_query = q_query or cfg.data.test_q_query
     batch_episodes = batch_episodes or cfg.eval.batch_episodes
     samplers = _samplers(dataset, ways, shots, q_query, split)
@@ -81,8 +85,10 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
     log.info("%d grid points, %d episodes each: encoding %d of the split's %d videos once", len(specs), episodes,
              len(needed), len(dataset))
     rows, feats, failed, bad = encode_for_episodes(model, dataset, needed, device, amp, progress)
+    if unreadable is not None:
+        unreadable.update(failed)
     if failed:
-        log.warning("%d unreadable videos are replaced by other videos of their class", len(failed))
+        log.warning("%s, replaced by other videos of their class", unreadable_summary(failed))
         for nk in specs:  # the same seeded repair rng per point as evaluate_model: identical episodes
             rng = np.random.default_rng([seed, 1])
             try:
@@ -174,13 +180,15 @@ def main(argv=None) -> list[SweepPoint]:
     dataset = dataset_from_args(cfg, args, device)
     episodes = args.episodes or cfg.eval.episodes
     seed = cfg.eval.seed if args.seed is None else args.seed
+    unreadable: dict[str, str] = {}
     try:
         points = sweep(model, dataset, cfg, sorted(set(args.ways)), sorted(set(args.shots)), episodes, seed,
-                       q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress)
+                       q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress,
+                       unreadable=unreadable)
     except GridError as exc:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
     except (ValueError, FloatingPointError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(f"error: {exc}" + (f"; {unreadable_summary(unreadable)}" if unreadable else "")) from None
     # fewer than asked where unrepairable episodes were dropped; 0 at a point with none left
     scored = sorted({p.episodes for p in points if p.episodes})
     counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"
@@ -190,10 +198,17 @@ def main(argv=None) -> list[SweepPoint]:
         per_point += f", no episode left at {', '.join(empty)} (unreadable videos)"
     header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {per_point}, "
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
+    if unreadable:
+        header += f", {len(unreadable)} unreadable videos replaced by others of their class (unreadable_videos.json)"
     paths = write_tables(points, out, header)
+    listing = out / "unreadable_videos.json"
+    if unreadable:
+        write_unreadable(listing, unreadable)
+    elif listing.exists():  # a stale list from an earlier sweep into this folder would mislead
+        listing.unlink()
     print(header)
     print(markdown_grid(points))
-    print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}")
+    print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}" + (f", {listing}" if unreadable else ""))
     return points
 
 

@@ -239,7 +239,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
 def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, device: torch.device, dist_info: DistInfo,
            per_rank: int, out: Path, backends: list[str]) -> dict:
     """:func:`train` once the run folder is this process's."""
-    from hr2g.evaluation import NoEpisodesLeft, evaluate_model  # local: evaluation imports training helpers
+    from hr2g.evaluation import NoEpisodesLeft, evaluate_model, write_unreadable  # local: evaluation imports training helpers
 
     main = dist_info.main
     if main:
@@ -452,7 +452,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     listed = {**failures, **eval_skipped}  # keys are paths under the data root: one entry per video
     summary["skipped_videos"] = len(listed)
     if main and listed:
-        (out / "unreadable_videos.json").write_text(json.dumps(listed, indent=2))
+        write_unreadable(out / "unreadable_videos.json", listed)
     if main:
         log.info("done in %.0f s: %s", summary["seconds"], json.dumps(summary))
     barrier(dist_info)

@@ -146,8 +146,23 @@ def test_a_grid_point_without_episodes_is_reported_and_the_others_still_count(ck
     assert "| 5-way | " + f"{one.accuracy:.2f} ± {one.ci95:.2f} | no episode |" in out
     js = json.loads((tmp_path / "sweep.json").read_text())
     assert js[1]["episodes"] == 0 and js[1]["accuracy"] is None
-    with pytest.raises(SystemExit, match=r"^error: no grid point has an episode left after 96 unreadable videos"):
+    # the videos are named, not only counted: in the log, the header and a list beside the tables
+    listed = json.loads((tmp_path / "unreadable_videos.json").read_text())
+    assert len(listed) == 96 and set(listed.values()) == {"moov atom not found"}
+    assert all(int(k.rsplit("/", 1)[-1]) < 3 for k in listed)  # the first 3 of each class, by key
+    assert "96 unreadable videos replaced by others of their class (unreadable_videos.json)" in out
+    assert "96 unreadable videos: " in caplog.text and "; and 91 more" in caplog.text
+    with pytest.raises(SystemExit, match=r"^error: no grid point has an episode left after 96 unreadable videos.*"
+                                         r"; 96 unreadable videos: .* \(moov atom not found\)"):
         sweep.main(argv[:5] + ["3"] + argv[7:])
+
+
+def test_a_clean_sweep_removes_a_stale_list_of_unreadable_videos(ckpt, tmp_path):
+    stale = tmp_path / "unreadable_videos.json"
+    stale.write_text('{"old.mp4": "from an earlier sweep"}')
+    sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--out", str(tmp_path),
+                "--no-progress", "--device", "cpu"])
+    assert not stale.exists() and (tmp_path / "sweep.csv").exists()
 
 
 def test_an_output_folder_that_cannot_be_written_stops_before_the_grid(ckpt, tmp_path, monkeypatch):

@@ -318,3 +318,24 @@ def test_device_names_a_gpu_by_index_and_one_not_there_is_an_error(monkeypatch, 
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(SystemExit, match=r"^error: --device cuda:2: only 2 CUDA devices are visible"):
         resolve_device("cuda:2")
+
+
+def test_evaluate_names_the_unreadable_videos_in_the_log_and_the_json(run, tmp_path, monkeypatch, caplog):
+    """Skipped videos used to be only a count: the warning names them and --json lists them all."""
+    from hr2g import inference
+    from tests.test_sweep import _HalfUnreadable
+
+    monkeypatch.setattr(inference, "dataset_from_args",
+                        lambda *a, **k: _HalfUnreadable("test", videos_per_class=6, frames=4, image_size=32))
+    out = tmp_path / "ev.json"
+    rows = evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "1", "--episodes", "3", "--json", str(out),
+                              "--no-progress"])
+    assert rows[0]["skipped_videos"] == 96 and "unreadable_videos" not in rows[0]  # stdout: one short line
+    listed = json.loads(out.read_text())[0]["unreadable_videos"]
+    assert len(listed) == 96 and set(listed.values()) == {"moov atom not found"}
+    summary, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("96 unreadable videos: ")]
+    assert summary.endswith(f"; and 91 more, replaced by other videos of their class (all of them in {out})")
+    assert sum(f"{k} (moov atom not found)" in summary for k in listed) == 5 and list(listed) == sorted(listed)
+    with pytest.raises(SystemExit, match=r"^error: \w+, 5-way 3-shot: every episode has a class with fewer than 4 "
+                                         r"readable videos; 96 unreadable videos: .*; and 91 more$"):
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "3", "--episodes", "3", "--no-progress"])
