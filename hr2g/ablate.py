@@ -149,7 +149,7 @@ def _evaluate(cfg: Config, out: Path, path: Path, episodes: int, progress: bool)
     device = resolve_device(cfg.train.device)
     model, _ = load_model(checkpoint.load(path), device, path)
     res = evaluate_model(model, build_dataset(cfg.data, "test", device), cfg, episodes=episodes, seed=cfg.eval.seed,
-                         k_shot=cfg.data.k_shot, progress=progress)
+                         k_shot=cfg.data.k_shot, progress=progress, split="test")
     fields = {"episodes": res.episodes, "accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
               "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
               "total_params": sum(p.numel() for p in model.parameters()), "checkpoint": str(path.relative_to(out))}

@@ -56,7 +56,8 @@ class ModelConfig:
     order: str = "isc-ikt"  # "isc-ikt" (paper default) or "ikt-isc" (Table 10)
     metric: str = "otam"  # otam | trx | bimhm (Table 12)
     otam_lambda: float = 0.5  # OTAM soft-min smoothing (0.1 also used in the literature)
-    trx_cardinalities: tuple[int, ...] = (2,)  # TRX tuple sizes
+    trx_cardinalities: tuple[int, ...] = (2, 3)  # TRX tuple sizes (public TRX's {2, 3}: pairs and triples)
+    trx_dim: int = 0  # width of TRX's key/value projections; 0: the feature width C (public TRX: 1152 on ResNet-50)
     aux_text_weight: float = 0.0  # weight w of the video-text auxiliary loss (0 disables)
     backend: str = "torch"  # op backend: torch (reference), auto (fused where available: --fused), triton, ext
 
@@ -73,6 +74,7 @@ class ModelConfig:
         _range("model.temporal_layers", self.temporal_layers, 0, None)
         _range("model.ikt_prototypes", self.ikt_prototypes, 1, None)
         _range("model.ikt_bank_size", self.ikt_bank_size, 1, None)
+        _range("model.trx_dim", self.trx_dim, 0, None)
         if not 0.0 < self.ikt_kappa <= 1.0:
             raise ValueError(f"model.ikt_kappa={self.ikt_kappa} is outside the allowed range (0, 1]")
         _range("model.ikt_momentum", self.ikt_momentum, 0.0, 1.0)

@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
             try:
                 res = evaluate_model(model, dataset, cfg, episodes=cfg.eval.episodes, seed=seed, k_shot=k,
                                      batch_episodes=cfg.eval.batch_episodes, progress=not args.no_progress,
-                                     encoded=encoded)
+                                     encoded=encoded, split=split)
             except NoEpisodesLeft as exc:
                 raise SystemExit(f"error: {exc}; {unreadable_summary(exc.skipped_videos)}") from None
             except (ValueError, FloatingPointError) as exc:

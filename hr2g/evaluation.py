@@ -203,13 +203,14 @@ def episode_accuracies(model: HR2G, feats: torch.Tensor, rows: dict[int, int], s
 @torch.no_grad()
 def evaluate_model(model: HR2G, dataset: VideoDataset, cfg: Config, episodes: int, seed: int, k_shot: int,
                    n_way: int | None = None, q_query: int | None = None, batch_episodes: int | None = None,
-                   progress: bool = True, encoded: EncodedVideos | None = None) -> EvalResult:
+                   progress: bool = True, encoded: EncodedVideos | None = None, split: str = "evaluation") -> EvalResult:
     """Mean accuracy and 95% CI of ``model`` over ``episodes`` seeded N-way K-shot episodes.
-    ``encoded``: features to reuse and extend, for several evaluations of this model on ``dataset``."""
+    ``encoded``: features to reuse and extend, for several evaluations of this model on ``dataset``;
+    ``split``: the split's name in warnings and errors."""
     n_way = n_way or cfg.data.n_way
     q_query = q_query or cfg.data.test_q_query
     batch_episodes = batch_episodes or cfg.eval.batch_episodes
-    sampler = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split="evaluation")
+    sampler = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split=split)
     specs = sampler.fixed(episodes, seed)
     was_training = model.training
     model.eval()

@@ -402,7 +402,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                 if val_set is not None:
                     try:
                         res = evaluate_model(model, val_set, cfg, episodes=cfg.train.val_episodes, seed=cfg.eval.seed,
-                                             k_shot=cfg.data.k_shot, progress=False)
+                                             k_shot=cfg.data.k_shot, progress=False, split="val")
                     except NoEpisodesLeft as exc:  # the epoch's training still counts; next epoch tries again
                         eval_skipped.update(exc.skipped_videos)
                         val_acc = float("nan")
@@ -439,7 +439,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     if test_set is not None:
         try:
             res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
-                                 k_shot=cfg.data.k_shot, progress=False)
+                                 k_shot=cfg.data.k_shot, progress=False, split="test")
         except NoEpisodesLeft as exc:  # the trained model is saved; say why there is no test figure
             eval_skipped.update(exc.skipped_videos)
             summary["test_accuracy"] = None

@@ -336,6 +336,6 @@ def test_evaluate_names_the_unreadable_videos_in_the_log_and_the_json(run, tmp_p
     summary, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("96 unreadable videos: ")]
     assert summary.endswith(f"; and 91 more, replaced by other videos of their class (all of them in {out})")
     assert sum(f"{k} (moov atom not found)" in summary for k in listed) == 5 and list(listed) == sorted(listed)
-    with pytest.raises(SystemExit, match=r"^error: \w+, 5-way 3-shot: every episode has a class with fewer than 4 "
+    with pytest.raises(SystemExit, match=r"^error: test, 5-way 3-shot: every episode has a class with fewer than 4 "
                                          r"readable videos; 96 unreadable videos: .*; and 91 more$"):
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "3", "--episodes", "3", "--no-progress"])

@@ -440,8 +440,8 @@ def test_a_validation_split_without_scorable_episodes_warns_and_training_goes_on
     cfg.train.test_episodes = 3
     with caplog.at_level("WARNING", logger="hr2g.train"):
         summary = train(cfg, progress=False)
-    assert caplog.text.count("no validation: evaluation, 5-way 1-shot: every episode has a class with fewer than 2") == 2
-    assert "no final test: evaluation, 5-way 1-shot" in caplog.text
+    assert caplog.text.count("no validation: val, 5-way 1-shot: every episode has a class with fewer than 2") == 2
+    assert "no final test: test, 5-way 1-shot" in caplog.text
     assert summary["val_accuracy"] is None and summary["best"] is None and summary["test_accuracy"] is None
     ckpt = checkpoint.load(summary["last"])
     assert (ckpt["epoch"], ckpt["step"]) == (cfg.train.epochs, 0)

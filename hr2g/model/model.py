@@ -43,7 +43,8 @@ class HR2G(nn.Module):
         self.isc = ISC(c, cfg.isc_heads, cfg.isc_mask, cfg.backend) if cfg.isc else None
         self.ikt = IKT(c, cfg.ikt_prototypes, cfg.ikt_bank_size, cfg.ikt_topk, cfg.ikt_momentum, cfg.ikt_temperature,
                        cfg.ikt_heads, cfg.ikt_on_query, cfg.backend) if cfg.ikt else None
-        self.metric = build_metric(cfg.metric, c, frames, cfg.otam_lambda, cfg.trx_cardinalities, cfg.backend)
+        self.metric = build_metric(cfg.metric, c, frames, cfg.otam_lambda, cfg.trx_cardinalities, cfg.backend,
+                                   cfg.trx_dim)
         # learnable temperature of the video-text auxiliary loss, CLIP's init 1/0.07
         self.aux_logit_scale = nn.Parameter(torch.tensor(2.6593)) if cfg.aux_text_weight > 0 else None
         self._text_cache: dict[str, torch.Tensor] = {}
