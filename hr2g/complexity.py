@@ -320,7 +320,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build(args: argparse.Namespace) -> tuple[HR2G, object]:
+def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]:
     """The model to measure and its config: a checkpoint, or the preset with ``--set`` and random init."""
     from hr2g.cli import apply_overrides
     from hr2g.configs import get_preset
@@ -341,8 +341,9 @@ def build(args: argparse.Namespace) -> tuple[HR2G, object]:
         apply_overrides(cfg, args.overrides)
         if args.frames:
             cfg.data.frames = args.frames
-        try:  # the model's fields only: no dataset is read, so data.data_root may stay unset
+        try:  # the model's fields (and T): no dataset is read, so data.data_root may stay unset
             cfg.model.validate()
+            cfg.model.validate_frames(cfg.data.frames)
         except ValueError as exc:
             raise SystemExit(f"error: invalid configuration: {exc}") from None
         torch.manual_seed(0)
@@ -353,18 +354,29 @@ def build(args: argparse.Namespace) -> tuple[HR2G, object]:
         except SetupError as exc:  # CLIP weights that cannot be loaded (a wrong path, offline)
             raise SystemExit(f"error: {exc}") from None
     if args.fused or args.backend:
+        from hr2g.errors import SetupError
+        from hr2g.training import backend_report
+
+        flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
+        try:  # one line naming the flag, before anything is measured
+            backend_report(args.backend or "auto", device)
+        except SetupError as exc:
+            raise SystemExit(f"error: {flag}: {exc}") from None
         set_backend(model, cfg, args.backend or "auto")
     return model, cfg
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from hr2g.cli import setup_logging
+    from hr2g.checkpoint import write_text_atomic
+    from hr2g.cli import setup_logging, writable_file
     from hr2g.training import resolve_device
 
     setup_logging()
+    if args.json:
+        writable_file("--json", args.json)  # before the measurement, not after it
     device = resolve_device(args.device)
-    model, cfg = build(args)
+    model, cfg = build(args, device)
     frames = args.frames or cfg.data.frames
     if cfg.model.metric == "trx" and frames != model.frames:
         raise SystemExit(f"error: --frames {frames}: the TRX metric was built for T={model.frames}")
@@ -373,8 +385,7 @@ def main(argv=None) -> dict:
                                backward=not args.no_backward, runs=args.runs, warmup=args.warmup)
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return report
 
 

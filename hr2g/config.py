@@ -88,6 +88,12 @@ class ModelConfig:
         for c in self.trx_cardinalities:
             _range("model.trx_cardinalities[]", c, 1, 4)
 
+    def validate_frames(self, frames: int) -> None:
+        """The checks that need T (``data.frames``) too."""
+        if self.metric == "trx" and max(self.trx_cardinalities) > frames:
+            raise ValueError(f"model.trx_cardinalities={self.trx_cardinalities}: TRX tuples of a clip's frames "
+                             f"cannot be longer than data.frames={frames}")
+
     @property
     def ikt_topk(self) -> int:
         """O = round(kappa * G), halves up, at least 1.  (Python's round() takes halves to even:
@@ -187,9 +193,7 @@ class Config:
     def validate(self) -> "Config":
         for part in (self.model, self.data, self.train, self.eval):
             part.validate()
-        if self.model.metric == "trx" and max(self.model.trx_cardinalities) > self.data.frames:
-            raise ValueError(f"model.trx_cardinalities={self.model.trx_cardinalities}: TRX tuples of a clip's frames "
-                             f"cannot be longer than data.frames={self.data.frames}")
+        self.model.validate_frames(self.data.frames)
         return self
 
     def unused_milestones(self) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """Loading a trained checkpoint for the commands that use one (sweep, plots, predict).
 
 The same flags everywhere -- ``--checkpoint``, ``--device``, ``--backend`` / ``--fused`` and the
-data overrides ``--data-root`` / ``--split-dir`` / ``--split`` -- and errors that name the flag.
+data overrides ``--data-root`` / ``--split-dir`` / ``--split`` / ``--decoder`` -- and errors that name the flag.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, choices=("train", "val", "test"), help="split to use (default: eval.split, test)")
     p.add_argument("--data-root", default=None, help="override the dataset root stored in the checkpoint")
     p.add_argument("--split-dir", default=None, help="override the split-list folder stored in the checkpoint")
+    p.add_argument("--decoder", default=None, choices=("auto", "dali", "pyav"),
+                   help="video decoder (default: the checkpoint's data.decoder)")
 
 
 def set_backend(model: HR2G, cfg: Config, backend: str) -> None:
@@ -68,11 +70,15 @@ def dataset_from_args(cfg: Config, args: argparse.Namespace, device: torch.devic
         flag = "--data-root" if args.data_root else "--split-dir"
         raise SystemExit(f"error: {flag}: the checkpoint was trained on the synthetic dataset, which is generated, not "
                          "read; a benchmark needs a model trained on it (python -m hr2g.train --dataset NAME)")
-    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir)):
+    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir), ("decoder", getattr(args, "decoder", None))):
         if val:
             setattr(cfg.data, key, val)
+    from hr2g.errors import SetupError
+
     try:
         cfg.validate()
         return build_dataset(cfg.data, args.split or cfg.eval.split, device)
+    except SetupError as exc:  # DALI asked for and missing: the data paths are not the cause
+        raise SystemExit(f"error: {exc}") from None
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc} (check --data-root / --split-dir)") from None

@@ -7,9 +7,10 @@
 
 - **heatmap**: one seeded test episode.  Top: each query's class scores (softmax over the logits,
   the model's -distance), true class boxed.  Bottom: for one query, the cosine similarity of its
-  frames with the frames of each class's first support, in the refined features the metric
-  compares, with the hard-min OTAM alignment path (each support frame matched to one query frame,
-  monotone, moving by at most one frame) and the class distance.
+  frames with the frames of each class's first support (its averaged support under
+  ``support_aggregation=mean_before``), in the refined features the metric compares, with the
+  class's logit and, for OTAM models, the hard-min alignment path (each support frame matched to
+  one query frame, monotone, moving by at most one frame).
 - **tsne**: per-video features (mean over frames of the encoder output, or of the temporal
   Transformer output) of the test classes, embedded with an exact t-SNE (:func:`tsne`, numpy;
   at most 2,000 videos), coloured by class.
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hr2g.runlog import row_positions
+from hr2g.runlog import complete_row, row_positions
 
 log = logging.getLogger("hr2g.plots")
 
@@ -165,7 +166,13 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} has no rows yet: the run has not logged a step (train.log_every)")
     if not need <= set(header):
         raise ValueError(f"{path} is not an hr2g training log (columns {sorted(need)} expected)")
-    steps_per_epoch = max(int(r["step"]) for r in rows)
+    whole = [r for r in rows if complete_row(r)]  # a crash (a full disk) can leave the last row cut short
+    if len(whole) < len(rows):
+        log.warning("%s: %d incomplete rows left out", path, len(rows) - len(whole))
+    if not whole:
+        raise ValueError(f"{path} has no complete row")
+    rows = whole
+    steps_per_epoch = _steps_per_epoch(path, rows)
     step_rows, epoch_rows = [], []
     for r, (x, is_end) in zip(rows, row_positions(rows, steps_per_epoch)):
         r["_x"] = x
@@ -182,6 +189,17 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
             "epoch_lr": col(epoch_rows, "lr"), "val_acc": col(epoch_rows, "val_acc")}
 
 
+def _steps_per_epoch(log_path: Path, rows: list[dict]) -> int:
+    """``train.episodes_per_epoch`` from the run's ``config.json`` (hr2g.train writes it beside the
+    log); without one, the largest step logged, which undercounts a run stopped in its first epoch."""
+    try:
+        return int(json.loads((log_path.parent / "config.json").read_text())["train"]["episodes_per_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: no readable config.json beside it; steps per epoch taken as the largest step logged",
+                    log_path)
+        return max(int(r["step"]) for r in rows)
+
+
 # --------------------------------------------------------------------------- one episode, seen by the model
 @dataclass
 class EpisodeView:
@@ -189,8 +207,11 @@ class EpisodeView:
     probs: np.ndarray  # [L, N] softmax over the logits
     logits: np.ndarray  # [L, N] -distance
     query_labels: np.ndarray  # [L] episode-local true class
-    frame_sim: np.ndarray  # [L, N*K, T, T] cosine similarity, query frames x support frames (refined features)
+    frame_sim: np.ndarray  # [L, S, T, T] cosine similarity, query frames x the S support sequences the metric sees
     k_shot: int
+    support_stride: int  # rows of frame_sim per class: K, or 1 where the K supports were averaged first
+    support_what: str  # what a class's panel shows: its first support, or the mean of its supports
+    metric: str  # model.metric: the OTAM path is drawn only for OTAM
 
 
 @torch.no_grad()
@@ -216,8 +237,10 @@ def episode_view(model, dataset, cfg, episode: int, seed: int, n_way: int, k_sho
     fq = torch.nn.functional.normalize(out.query[0].float(), dim=-1)  # [L, T, C]
     sim = torch.einsum("qtc,suc->qstu", fq, fs)  # [L, N*K, T, T]
     logits = out.logits[0].float()
+    stride = fs.shape[0] // n_way  # K, or 1 for support_aggregation=mean_before (one averaged sequence per class)
+    what = "support" if k_shot == 1 else ("first support" if stride > 1 else f"mean of the {k_shot} supports")
     return EpisodeView(names, logits.softmax(-1).cpu().numpy(), logits.cpu().numpy(),
-                       np.repeat(np.arange(n_way), q_query), sim.cpu().numpy(), k_shot)
+                       np.repeat(np.arange(n_way), q_query), sim.cpu().numpy(), k_shot, stride, what, cfg.model.metric)
 
 
 @torch.no_grad()
@@ -266,28 +289,34 @@ def plot_heatmap(view: EpisodeView, query: int, path: Path, title: str) -> None:
         ax.add_patch(plt.Rectangle((t - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(n), [_short(c) for c in view.class_names], fontsize=8)
     ax.set_yticks(range(lq), [f"query {i}" for i in range(lq)], fontsize=8)
-    ax.set_title(f"{title}\nclass scores: softmax over -distance (red box: true class)", fontsize=9)
+    path_note = ", cyan: the hard-min OTAM alignment path" if view.metric == "otam" else ""
+    ax.set_title(f"{title}\nclass scores: softmax over -distance (red box: true class), metric {view.metric}\n"
+                 f"below: frames of query {query} x frames of each class's {view.support_what}{path_note}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.02, label="score")
     true = view.query_labels[query]
-    sims = view.frame_sim[query, :: view.k_shot]  # [N, Tq, Ts]: query frames x first support of each class
+    sims = view.frame_sim[query, :: view.support_stride]  # [N, Tq, Ts]: query frames x each class's panel sequence
     lo, hi = float(sims.min()), float(sims.max())  # one colour scale for the N panels
+    from matplotlib.ticker import MaxNLocator
+
     panels = []
     for c in range(n):
         sim = sims[c]
-        rows, _ = otam_path(1.0 - sim)
         a = fig.add_subplot(grid[1, c])
         panels.append(a)
         im = a.imshow(sim, cmap="magma", vmin=lo, vmax=hi)
-        a.plot(np.arange(sim.shape[1]), rows, color="cyan", marker="o", markersize=3, linewidth=1.2)
+        if view.metric == "otam":  # the alignment OTAM scores; Bi-MHM and TRX align nothing
+            rows, _ = otam_path(1.0 - sim)
+            a.plot(np.arange(sim.shape[1]), rows, color="cyan", marker="o", markersize=3, linewidth=1.2)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.yaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_title(f"{'TRUE ' if c == true else ''}{_short(view.class_names[c], 22)}\nlogit {view.logits[query, c]:.3f}",
                     fontsize=7, color="red" if c == true else "black")
-        a.set_xlabel("support frame", fontsize=7)
+        a.set_xlabel(f"frame ({view.support_what})", fontsize=7)
         if c == 0:
             a.set_ylabel(f"query {query} frame", fontsize=7)
         a.tick_params(labelsize=6)
     fig.colorbar(im, ax=panels, fraction=0.02, label="cosine similarity")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tsne(y: np.ndarray, labels: np.ndarray, names: list[str], path: Path, title: str) -> None:
@@ -301,8 +330,7 @@ def plot_tsne(y: np.ndarray, labels: np.ndarray, names: list[str], path: Path, t
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(logd: dict, path: Path, title: str) -> None:
@@ -333,8 +361,22 @@ def plot_curves(logd: dict, path: Path, title: str) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def sweep_rows(rows) -> list[dict]:
+    """``hr2g.sweep``'s JSON rows, checked: ValueError unless each has integer ``n_way`` / ``k_shot``
+    and a number (or None: no episode left) for ``accuracy`` and ``ci95``."""
+    def number(v):
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("expected a non-empty list of grid points")
+    for r in rows:
+        if not (isinstance(r, dict) and isinstance(r.get("n_way"), int) and isinstance(r.get("k_shot"), int)
+                and "accuracy" in r and "ci95" in r and number(r["accuracy"]) and number(r["ci95"])):
+            raise ValueError(f"not a grid point: {r!r:.80}")
+    return rows
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
@@ -345,7 +387,8 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
     for ax, (series, xs, xkey, skey, label) in zip(axes, (
             (ways, shots, "k_shot", "n_way", "{}-way"), (shots, ways, "n_way", "k_shot", "{}-shot"))):
         for s in series:
-            pts = sorted((r for r in rows if r[skey] == s), key=lambda r: r[xkey])
+            # a grid point with no episode left (accuracy None) has nothing to draw
+            pts = sorted((r for r in rows if r[skey] == s and r["accuracy"] is not None), key=lambda r: r[xkey])
             if pts:
                 ax.errorbar([r[xkey] for r in pts], [r["accuracy"] for r in pts], yerr=[r["ci95"] for r in pts],
                             marker="o", capsize=3, label=label.format(s))
@@ -353,10 +396,39 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xticks(xs)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """``fig`` into ``path`` whole or not at all (a full disk leaves the previous file), then closed."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # the suffix picks the format
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"error: --out: cannot write {str(path)!r} ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
+
+
+def figure_path(flag: str, path: str | Path) -> Path:
+    """``path`` if matplotlib can write its format (by suffix: .png, .pdf, .svg, ...), else exit naming ``flag``."""
+    plt = require_matplotlib()
+    path = Path(path)
+    kinds = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise SystemExit(f"error: {flag}: {str(path)!r} needs a picture suffix matplotlib writes "
+                         f"(.png, .pdf, .svg, ...; got {path.suffix or 'none'})")
+    return path
 
 
 # --------------------------------------------------------------------------- command
@@ -401,7 +473,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"{flag} expects an integer >= {low}, got {getattr(args, attr)}")
     if args.figure == "heatmap" and args.ways is not None and args.ways < 2:
         p.error(f"--ways expects an integer >= 2, got {args.ways}")
-    if args.figure == "tsne" and args.perplexity <= 1:
+    if args.figure == "tsne" and not (math.isfinite(args.perplexity) and args.perplexity > 1):
         p.error(f"--perplexity expects a number > 1, got {args.perplexity}")
     return args
 
@@ -419,7 +491,7 @@ def main(argv=None) -> Path:
     setup_logging()
     require_matplotlib()  # before any model is loaded: fail fast
     if args.out:
-        writable_file("--out", args.out)
+        writable_file("--out", figure_path("--out", args.out))
     if args.figure == "curves":
         try:
             logd = read_log(args.run)
@@ -431,10 +503,11 @@ def main(argv=None) -> Path:
         if not Path(args.table).is_file():
             raise SystemExit(f"error: --table: {args.table} does not exist (python -m hr2g.sweep writes <out>/sweep.json)")
         try:
-            rows = json.loads(Path(args.table).read_text())
-            assert rows and {"n_way", "k_shot", "accuracy", "ci95"} <= set(rows[0])
-        except (OSError, ValueError, AssertionError):
+            rows = sweep_rows(json.loads(Path(args.table).read_text()))
+        except (OSError, ValueError):
             raise SystemExit(f"error: --table: {args.table} is not a sweep.json written by python -m hr2g.sweep") from None
+        if all(r["accuracy"] is None for r in rows):
+            raise SystemExit(f"error: --table: no grid point of {args.table} has an accuracy (no episode was left at any)")
         out = Path(args.out) if args.out else Path(args.table).with_suffix(".png")
         plot_sweep(rows, out, f"N-way K-shot accuracy ± 95% CI ({rows[0].get('split', 'test')} split, "
                               f"{rows[0].get('episodes', '?')} episodes per point)")

@@ -55,7 +55,7 @@ def scan_support(root: str | Path) -> SupportSet:
     names, folders, clips, ignored = [], [], [], []
     for cls in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name.casefold()):
         mine = []
-        for entry in sorted(p for p in cls.iterdir() if not p.name.startswith(".")):
+        for entry in sorted((p for p in cls.iterdir() if not p.name.startswith(".")), key=lambda p: (p.name.casefold(), p.name)):
             if entry.is_dir() or entry.suffix.lower() in VIDEO_EXTENSIONS:
                 mine.append(entry)
             else:

@@ -37,7 +37,7 @@ def row_positions(rows: list[dict], steps_per_epoch: int) -> list[tuple[int, boo
     return out
 
 
-def _complete(row: dict) -> bool:
+def complete_row(row: dict) -> bool:
     try:
         int(row["epoch"]), int(row["step"])
         return row.get("elapsed_s") not in (None, "")
@@ -90,7 +90,7 @@ class RunLog:
     def _truncate(self, path: Path, resume_at: int, mid_epoch: bool) -> None:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        whole = [r for r in rows if _complete(r)]  # a crash (a full disk) can leave a last row cut short
+        whole = [r for r in rows if complete_row(r)]  # a crash (a full disk) can leave a last row cut short
         if len(whole) < len(rows):
             log.warning("log.csv: dropped %d incomplete rows", len(rows) - len(whole))
         keep = [r for r, (x, end) in zip(whole, row_positions(whole, self.steps_per_epoch))

@@ -256,9 +256,17 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                 raise SetupError(f"checkpoint {str(path)!r} has no {', '.join(need)}: not a training checkpoint "
                                  "(--resume takes the last.pt or best.pt that hr2g.train writes)")
             try:
-                changed = [d for d in config_of(ckpt, path).diff(cfg) if not d.startswith("train.out_dir:")]
+                saved = config_of(ckpt, path)
+                changed = [d for d in saved.diff(cfg) if not d.startswith("train.out_dir:")]
             except ValueError as exc:
                 raise SetupError(str(exc)) from None
+            if saved.train.episodes_per_epoch != cfg.train.episodes_per_epoch:
+                # the checkpoint's position, the episode stream and log.csv's rows all count steps of
+                # the saved epoch length: another one resumed mid-epoch at the wrong step and had the
+                # log purge drop rows written before the checkpoint
+                raise SetupError(f"--resume {path}: train.episodes_per_epoch={cfg.train.episodes_per_epoch} differs from the "
+                                 f"checkpoint's {saved.train.episodes_per_epoch}, which its position (epoch, step) and "
+                                 "log.csv count in; resume without changing it, or start a new run (another --out)")
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (%s)", path, position(ckpt["epoch"], ckpt["step"]))
@@ -291,6 +299,8 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         train_set = build_dataset(cfg.data, "train", device)
         val_set = build_dataset(cfg.data, "val", device) if cfg.train.val_episodes > 0 and main else None
         test_set = build_dataset(cfg.data, "test", device) if cfg.train.test_episodes > 0 and main else None
+    except SetupError:  # DALI asked for and missing: the data paths are not the cause
+        raise
     except ValueError as exc:
         raise SetupError(f"{exc} (check --data-root / --split-dir)") from exc
     try:  # an impossible episode shape fails now, not after an epoch

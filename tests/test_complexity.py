@@ -4,6 +4,7 @@ import json
 
 import open_clip
 import pytest
+import torch
 
 from hr2g import complexity
 
@@ -101,3 +102,20 @@ def test_bad_override_and_checkpoint_errors_name_the_flag(tmp_path):
         complexity.main(["--set", "model.pretrained=openai", "--no-timing", "--no-flops"])
     with pytest.raises(SystemExit, match=r"^error: model.pretrained='.*x.pt': checkpoint file not found"):
         complexity.main(["--preset", "hmdb51", "--set", f"model.pretrained={tmp_path / 'x.pt'}", "--no-timing", "--no-flops"])
+
+
+def test_mistakes_found_before_measuring_are_one_line_naming_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(complexity, "complexity_report", lambda *a, **k: pytest.fail("measured before the check"))
+    with pytest.raises(SystemExit, match=r"^error: --json: .* is a folder, expected a file path"):
+        complexity.main(["--json", str(tmp_path), "--device", "cpu"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"^error: --json: cannot write"):
+        complexity.main(["--json", str(blocker / "cost.json"), "--device", "cpu"])
+    # the TRX tuples vs T check that hr2g.train makes (it was an IndexError deep in the metric)
+    with pytest.raises(SystemExit, match=r"^error: invalid configuration: model.trx_cardinalities=\(2, 3\): .*data.frames=2"):
+        complexity.main(["--frames", "2", "--set", "model.metric=trx", "--device", "cpu"])
+    if not torch.cuda.is_available():  # Triton needs CUDA tensors outside the tests' interpreter mode
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(SystemExit, match=r"^error: --backend triton: model.backend=triton cannot run"):
+            complexity.main(["--backend", "triton", "--device", "cpu"])

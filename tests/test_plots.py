@@ -152,3 +152,94 @@ def test_bad_arguments_name_the_flag(run, argv, message, tmp_path):
         argv = argv + ["--checkpoint", summary["last"], "--device", "cpu"]
     with pytest.raises(SystemExit, match=message):
         plots.main(argv)
+
+
+def test_read_log_takes_the_epoch_length_from_the_run_and_leaves_out_cut_rows(tmp_path, caplog):
+    """A run stopped in its first epoch logged steps 1-3 of 4: the largest step is not the epoch's
+    length (the figure read "3 per epoch"); a crash can cut the last row short."""
+    import json
+
+    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    rows = ["0,1,1.6,0.2,0.001,3,0,1.0,", "0,2,1.6,0.2,0.001,6,0,1.1,", "0,3,1.5,0.3,0.001,9,0,2.0,"]
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"episodes_per_epoch": 4}}))
+    (tmp_path / "log.csv").write_text(head + "\n".join(rows + ["0,4,1.5"]) + "\n")
+    d = plots.read_log(tmp_path)
+    assert d["steps_per_epoch"] == 4 and d["step_x"].tolist() == [1, 2, 3] and d["epoch_x"].tolist() == []
+    assert "1 incomplete rows left out" in caplog.text
+    (tmp_path / "log.csv").write_text(head + "0,\n")
+    with pytest.raises(ValueError, match="has no complete row"):
+        plots.read_log(tmp_path)
+
+
+def _view(tmp_path, **model):
+    import torch
+
+    from hr2g.data.synthetic import SyntheticActions
+    from hr2g.model.model import HR2G
+
+    cfg = tiny_config(tmp_path, **model)
+    torch.manual_seed(0)
+    m = HR2G(cfg.model, cfg.data.frames)
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    return plots.episode_view(m, test, cfg, episode=0, seed=0, n_way=3, k_shot=2, q_query=1)
+
+
+@needs_mpl
+def test_heatmap_panels_follow_the_models_aggregation_and_metric(tmp_path, monkeypatch):
+    """mean_before gives one averaged support per class (the panels indexed every K-th of them:
+    IndexError); Bi-MHM aligns nothing, so no OTAM path is drawn for it."""
+    per_video = _view(tmp_path)
+    assert (per_video.support_stride, per_video.support_what) == (2, "first support") and per_video.frame_sim.shape[1] == 6
+    averaged = _view(tmp_path, support_aggregation="mean_before")
+    assert (averaged.support_stride, averaged.support_what) == (1, "mean of the 2 supports")
+    assert averaged.frame_sim.shape[1] == 3
+    plots.plot_heatmap(averaged, 2, tmp_path / "mean.png", "mean_before")
+    assert _png_size(tmp_path / "mean.png")[0] > 600
+    bimhm = _view(tmp_path, metric="bimhm")
+    monkeypatch.setattr(plots, "otam_path", lambda d: pytest.fail("an OTAM path drawn for a Bi-MHM model"))
+    plots.plot_heatmap(bimhm, 0, tmp_path / "bimhm.png", "bimhm")
+    assert bimhm.metric == "bimhm" and _png_size(tmp_path / "bimhm.png")[0] > 600
+
+
+@needs_mpl
+def test_sweep_figure_skips_points_without_episodes_and_refuses_other_tables(tmp_path):
+    import json
+
+    table = tmp_path / "sweep.json"
+    points = [{"n_way": 5, "k_shot": k, "accuracy": a, "ci95": c} for k, a, c in ((1, 60.0, 1.0), (3, None, None))]
+    table.write_text(json.dumps(points))  # as hr2g.sweep writes a point with no episode left
+    assert _png_size(plots.main(["sweep", "--table", str(table)]))[0] > 600
+    table.write_text(json.dumps([dict(p, accuracy=None, ci95=None) for p in points]))
+    with pytest.raises(SystemExit, match="no grid point of .* has an accuracy"):
+        plots.main(["sweep", "--table", str(table)])
+    for bad in ({"n_way": 5}, [1, 2], [{"n_way": "5", "k_shot": 1, "accuracy": 1.0, "ci95": 0.1}]):
+        table.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match=r"^error: --table: .* is not a sweep.json"):
+            plots.main(["sweep", "--table", str(table)])
+
+
+@needs_mpl
+def test_out_needs_a_picture_suffix_and_a_failed_write_is_one_line(run, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    cfg, _ = run
+    for name in ("curves.txt", "curves"):
+        with pytest.raises(SystemExit, match=rf"^error: --out: .*{name}' needs a picture suffix"):
+            plots.main(["curves", "--run", cfg.train.out_dir, "--out", str(tmp_path / name)])
+    assert plots.main(["curves", "--run", cfg.train.out_dir, "--out", str(tmp_path / "c.svg")]).read_bytes()[:5] in (b"<?xml", b"<svg ")
+    (tmp_path / "c.png").write_bytes(b"old")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(SystemExit, match=r"^error: --out: cannot write .*c.png' \(No space left on device\)"):
+        plots.main(["curves", "--run", cfg.train.out_dir, "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes() == b"old" and [p.name for p in tmp_path.glob(".c.tmp-*")] == []
+
+
+def test_perplexity_must_be_a_finite_number_above_one(capsys):
+    with pytest.raises(SystemExit) as exc:
+        plots.parse_args(["tsne", "--checkpoint", "x.pt", "--perplexity", "nan"])
+    assert exc.value.code == 2 and "--perplexity expects a number > 1, got nan" in capsys.readouterr().err

@@ -164,3 +164,14 @@ def test_a_diverged_checkpoint_is_refused_not_a_first_class_prediction(ckpt, tmp
     with pytest.raises(SystemExit, match=r"^error: --checkpoint: the model gives non-finite logits in 1 of 1 episodes"):
         predict.main(["--checkpoint", str(tmp_path / "nan.pt"), "--support", str(support), "--query", str(query),
                       "--device", "cpu"])
+
+
+def test_support_classes_and_clips_are_in_case_insensitive_name_order(tmp_path):
+    """The docstring's order (the clips were sorted case-sensitively: B.mp4 before a.mp4)."""
+    for cls, clips in (("beta", ("B.mp4", "a.mp4", "c.mp4")), ("Alpha", ("x.mp4",))):
+        (tmp_path / cls).mkdir()
+        for c in clips:
+            (tmp_path / cls / c).write_bytes(b"")
+    s = predict.scan_support(tmp_path)
+    assert s.folders == ["Alpha", "beta"]
+    assert [p.name for p in s.clips[1]] == ["a.mp4", "B.mp4", "c.mp4"]

@@ -219,7 +219,12 @@ def test_resume_with_settings_that_change_the_model_is_refused_and_leaves_the_ru
         train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--epochs", "2", "--set", "model.ikt=false"])
     with pytest.raises(SystemExit, match=r"of another shape \(.*down.weight \(16, 64\) vs \(3, 64\)"):
         train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--set", "model.adapter_dim=3"])
-    assert (run / "config.json").read_text() == before
+    # another epoch length moves the checkpoint's (epoch, step) and log.csv's rows: refused too
+    log_before = (run / "log.csv").read_text()
+    with pytest.raises(SystemExit, match=r"^error: --resume .*last.pt: train.episodes_per_epoch=3 differs from the "
+                                         r"checkpoint's 2, .*start a new run"):
+        train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--epochs", "3", "--episodes-per-epoch", "3"])
+    assert (run / "config.json").read_text() == before and (run / "log.csv").read_text() == log_before
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -296,6 +296,32 @@ def test_decoder_selection_explains_itself(monkeypatch, bench, caplog):
         BenchmarkDataset(root, split, decoder="nvdec")
 
 
+def test_a_missing_dali_is_one_line_with_the_fix_and_commands_can_switch_decoder(monkeypatch, bench, tmp_path):
+    """data.decoder=dali without DALI was a traceback (a RuntimeError the commands did not catch),
+    and a checkpoint trained with DALI could not be evaluated without it."""
+    import argparse
+
+    from hr2g import train as train_cli
+    from hr2g.data import dali
+    from hr2g.inference import add_data_args, dataset_from_args
+    from tests.helpers import tiny_config
+
+    root, _ = bench
+    monkeypatch.setattr(dali, "dali_status", lambda: "NVIDIA DALI is not importable (ModuleNotFoundError: x)")
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--no-progress", "--dataset", "hmdb51", "--data-root", str(root), "--set", "data.decoder=dali",
+                        "--set", "data.frames=2", "--preset", "tiny", "--out", str(tmp_path / "run")])
+    assert str(exc.value).startswith("error: decoder='dali': NVIDIA DALI is not importable") and "--data-root" not in str(exc.value)
+    assert "--set data.decoder=pyav" in str(exc.value)
+    cfg = tiny_config()
+    cfg.data.dataset, cfg.data.data_root, cfg.data.decoder = "hmdb51", str(root), "dali"
+    p = argparse.ArgumentParser()
+    add_data_args(p)
+    with pytest.raises(SystemExit, match=r"^error: decoder='dali': NVIDIA DALI is not importable.*--decoder pyav"):
+        dataset_from_args(cfg, p.parse_args([]))
+    assert dataset_from_args(cfg, p.parse_args(["--decoder", "pyav"])).backend == "pyav"
+
+
 def test_an_unexpected_decoder_error_is_that_videos_read_error(bench, monkeypatch):
     """PyAV raised AttributeError on a fuzzed MP4 (and killed training, evaluate and predict): any
     error while probing or decoding one file now counts as that file being unreadable."""

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from hr2g.data.base import VideoReadError
+from hr2g.errors import SetupError
 from hr2g.data.transforms import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,20 @@ def dali_status() -> str | None:
     except Exception as exc:  # ImportError, or a CUDA/ABI failure inside DALI's own import
         first = str(exc).splitlines()[0] if str(exc) else ""
         return (f"NVIDIA DALI is not importable ({type(exc).__name__}: {first}); install it with "
-                f"`pip install 'hr2g[dali]'` (nvidia-dali-cuda130) or use decoder='pyav'")
+                "`pip install --no-build-isolation -e '.[dali]'` in the hr2g checkout (nvidia-dali-cuda130)")
     return None
+
+
+class DaliUnavailable(SetupError, RuntimeError):
+    """DALI was asked for and cannot be used here (not importable; GPU decoding without CUDA): a
+    setup error the commands print as one line, before any video is read."""
 
 
 def require_dali() -> None:
     why = dali_status()
     if why is not None:
-        raise RuntimeError(f"decoder='dali': {why}")
+        raise DaliUnavailable(f"decoder='dali': {why}; or decode with PyAV: --decoder pyav (evaluate, sweep, plots, "
+                              "predict), --set data.decoder=pyav (train)")
 
 
 def in_dataloader_worker() -> bool:
@@ -83,7 +90,7 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
     cuda = torch.cuda.is_available()
     if device == "gpu" and not cuda:
-        raise RuntimeError("DALI device='gpu' needs CUDA, but torch.cuda.is_available() is False")
+        raise DaliUnavailable("DALI device='gpu' needs CUDA, but torch.cuda.is_available() is False")
     if cuda and in_dataloader_worker():
         # CUDA cannot be initialised in a forked DataLoader worker; DALI has its own decode threads,
         # so GPU decoding wants data.num_workers=0.
