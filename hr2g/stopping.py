@@ -36,9 +36,11 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict = {}
+        self._owner: int | None = None
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
+            self._owner = os.getpid()
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
@@ -51,6 +53,11 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._owner:
+            # a forked decoding worker inherited this handler: a terminal's Ctrl-C reaches the whole
+            # process group, and each of data.num_workers=2's workers printed the message again;
+            # the trainer stops them itself after its checkpoint
+            return
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
             raise KeyboardInterrupt

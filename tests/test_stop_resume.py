@@ -207,3 +207,24 @@ def test_resuming_drops_an_end_row_still_to_come_and_a_row_cut_short(tmp_path):
         write(step + [end], tail="1,1,1.")
         RunLog(tmp_path, 3, resume_at=3, mid_epoch=mid_epoch).close()
         assert (tmp_path / "log.csv").read_text().splitlines()[1:] == kept, mid_epoch
+
+
+def test_a_forked_decoding_worker_ignores_the_signal_its_parent_handles(capfd):
+    """Ctrl-C reaches the whole process group: each forked DataLoader worker inherited the handler
+    and printed "SIGINT received" again (three messages for one Ctrl-C with 2 workers)."""
+    import time
+
+    with stopping.StopSignals() as stop:
+        pid = os.fork()
+        if pid == 0:  # the worker: the signal must neither print, nor record, nor end it
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os._exit(0 if stop.received is None else 3)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0 and stop.received is None
+        assert "received" not in capfd.readouterr().err
+        os.kill(os.getpid(), signal.SIGINT)  # the owner still records it, once
+        assert stop.received == "SIGINT" and capfd.readouterr().err.count("SIGINT received") == 1
