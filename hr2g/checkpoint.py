@@ -56,7 +56,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """``path`` holds ``text`` or what it held before, never a part (logs, result tables)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    tmp.write_text(text, newline="")
+    tmp.write_text(text, encoding="utf-8", newline="")
     os.replace(tmp, path)
 
 

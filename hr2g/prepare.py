@@ -116,14 +116,30 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
     return list(files), missing
 
 
-def copy_lists(paths: list[Path], dest: Path) -> list[str]:
+def copy_lists(paths: list[Path], dest: Path, dataset: str | None = None) -> list[str]:
     """Copy the split lists (and label files) used next to the outputs, so that ``--data-root <out>``
     finds them without ``--split-dir``.  An existing file with other contents (lists from an earlier
     run with another ``--split-dir``) is replaced, with a warning, and kept as ``<name>.prev``: the
-    loader would otherwise read the old lists without a word."""
+    loader would otherwise read the old lists without a word.  So is an earlier run's list of the
+    same split under another of the names the loader tries (``test_few_shot.txt`` is read before
+    ``testlist03.txt``: lists of the other format, copied earlier, shadowed the new ones)."""
     import filecmp
     import shutil
 
+    from hr2g.data.presets import PRESETS, SPLITS
+
+    presets = [PRESETS[dataset]] if dataset in PRESETS else list(PRESETS.values())
+    new = {p.name for p in paths}
+    for split in SPLITS:
+        names = {pattern.format(split=split) for preset in presets for pattern in preset.split_files}
+        if new & names:  # this run brings a list of this split: one of another name must not win
+            for name in sorted(names - new):
+                old = dest / name
+                if old.is_file():
+                    backup = old.with_name(old.name + ".prev")
+                    log.warning("%s is an earlier run's %s list, which the loader would read instead of %s: moved "
+                                "to %s", old, split, ", ".join(sorted(new & names)), backup.name)
+                    os.replace(old, backup)
     copied = []
     for path in paths:
         # labels/train.json of the SSv2 download keeps the name the loader looks for without "labels/"
@@ -155,6 +171,7 @@ def names_the_loader_skips(paths: list[Path], dataset: str | None) -> list[Path]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from hr2g.checkpoint import write_text_atomic
     from hr2g.cli import setup_logging, writable_dir
 
     setup_logging()
@@ -188,11 +205,10 @@ def main(argv=None) -> int:
     failed = sorted([(o.rel, o.detail) for o in outcomes if o.status == "failed"] + missing)
     report = Path(args.report) if args.report else out / "prepare_report.tsv"
     report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, "w", encoding="utf-8") as f:
-        f.write("# input\treason (unreadable or missing inputs of the last run)\n")
-        for rel, why in failed:
-            f.write(f"{rel}\t{' '.join(why.split())}\n")
-    copied = copy_lists(lists + labels, out / DEFAULT_SPLIT_SUBDIR)
+    lines = ["# input\treason (unreadable or missing inputs of the last run)"]
+    lines += [f"{rel}\t{' '.join(why.split())}" for rel, why in failed]
+    write_text_atomic(report, "\n".join(lines) + "\n")  # whole or not at all, as every result file
+    copied = copy_lists(lists + labels, out / DEFAULT_SPLIT_SUBDIR, args.dataset)
     if copied:
         log.info("prepare: copied %s into %s (the default split dir of --data-root %s)", ", ".join(copied),
                  out / DEFAULT_SPLIT_SUBDIR, out)

@@ -91,6 +91,50 @@ def test_jpeg_extraction_of_the_needed_frames_only(raw, tmp_path):
     assert (out / "splits" / "test_few_shot.txt.prev").read_text().endswith("not_there.avi\n")
 
 
+def test_ctrl_c_leaves_no_partial_output_of_the_jobs_in_flight(raw, tmp_path, monkeypatch):
+    """The pool's workers are killed mid-write (their clean-up never runs): the parent removes the
+    temporaries of every unfinished job; the workers ignore SIGINT (each printed a traceback)."""
+    import multiprocessing
+    import signal
+
+    from hr2g.data import prepare as prep
+
+    root, _ = raw
+    srcs = sorted((root / "videos").rglob("*_v*.avi"))[:3]
+    jobs = [Job(p, output_path(tmp_path / "out", p.relative_to(root), "vp9"), p.name) for p in srcs]
+    seen = {}
+
+    class Pool:  # the parent's view: one job finished, then Ctrl-C while the other two were being written
+        def __init__(self, n, initializer=None):
+            seen["initializer"] = initializer
+
+        def __enter__(self):
+            for j in jobs[1:]:
+                j.dst.parent.mkdir(parents=True, exist_ok=True)
+                j.dst.with_name(f".{j.dst.name}.tmp-4242").write_bytes(b"half a webm")
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap_unordered(self, fn, items, chunksize=1):
+            yield prep.run_job(*items[0])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: type("Ctx", (), {"Pool": Pool}))
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, Options("vp9", 0), workers=2, progress=False)
+    assert jobs[0].dst.is_file() and not any(j.dst.exists() for j in jobs[1:])
+    assert not list((tmp_path / "out").rglob(".*.tmp-*")), "temporaries left behind"
+    assert seen["initializer"] is prep._ignore_sigint
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        prep._ignore_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_split_list_the_loader_will_not_find_by_name_is_warned_about(raw, tmp_path, caplog):
     root, _ = raw
     mine = tmp_path / "my_test_list.txt"
@@ -141,3 +185,26 @@ def test_ssv2_annotations_travel_with_the_split_lists(tmp_path):
     copied = prepare.copy_lists(lists + labels, tmp_path / "out" / "splits")
     assert "something-something-v2-train.json" in copied
     assert (tmp_path / "out" / "splits" / "something-something-v2-train.json").read_text().startswith('[{"id": "11"')
+
+
+def test_lists_of_another_format_from_an_earlier_run_do_not_shadow_the_new_ones(tmp_path, caplog):
+    """The loader reads test_few_shot.txt before testlist03.txt: after a run with CLIP-FSAR lists, a
+    run with the TRX lists copied them beside the old ones and the old ones were still read."""
+    from hr2g.data.presets import find_split_file, get_preset
+
+    dest = tmp_path / "out" / "splits"
+    clip = tmp_path / "clipfsar" / "test_few_shot.txt"
+    trx = tmp_path / "trx" / "testlist03.txt"
+    for path, text in ((clip, "train0//videos/a/x.avi\n"), (trx, "b/y\n")):
+        path.parent.mkdir()
+        path.write_text(text)
+    prepare.copy_lists([clip], dest, "hmdb51")
+    assert find_split_file(get_preset("hmdb51"), dest, "test").name == "test_few_shot.txt"
+    with caplog.at_level("WARNING", logger="hr2g"):
+        prepare.copy_lists([trx], dest, "hmdb51")
+    assert find_split_file(get_preset("hmdb51"), dest, "test").name == "testlist03.txt"
+    assert (dest / "test_few_shot.txt.prev").read_text() == clip.read_text() and "would read instead of testlist03.txt" in caplog.text
+    # lists of other splits and a run that brings both names (SSv2-small's index list and its labels) keep theirs
+    (dest / "val_few_shot.txt").write_text("x")
+    prepare.copy_lists([clip, trx], dest, "ssv2_small")
+    assert (dest / "val_few_shot.txt").exists() and (dest / "test_few_shot.txt").exists() and (dest / "testlist03.txt").exists()

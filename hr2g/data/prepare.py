@@ -221,6 +221,14 @@ def _run_packed(args: tuple[Job, Options]) -> Outcome:
     return run_job(*args)
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent: a terminal sends it to the whole process group,
+    and each worker printed a KeyboardInterrupt traceback of its own before the parent's line."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_jobs(jobs: list[Job], opts: Options, workers: int = 1, progress: bool = True) -> list[Outcome]:
     """Run ``jobs`` on ``workers`` processes with a progress bar; outcomes in completion order."""
     from tqdm import tqdm
@@ -249,10 +257,18 @@ def run_jobs(jobs: list[Job], opts: Options, workers: int = 1, progress: bool = 
             import multiprocessing
 
             # spawn, not fork: the parent may hold threads (tqdm, torch) that a fork would copy mid-state
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=_ignore_sigint) as pool:
                 # chunks of a few jobs: per-task overhead stays small next to a transcode
                 for o in pool.imap_unordered(_run_packed, [(j, opts) for j in todo], chunksize=4):
                     record(o)
+    except BaseException:
+        # the pool's workers were killed mid-write (terminate(): their own clean-up never ran): remove
+        # the temporaries of the jobs that did not finish, so an interrupted run leaves only whole outputs
+        finished = {o.rel for o in outcomes}
+        for job in todo:
+            if job.rel not in finished:
+                _remove_stale(job.dst)
+        raise
     finally:
         bar.close()
     return outcomes
