@@ -172,11 +172,21 @@ class EpochTally:
 
 
 def save_checkpoint(path: Path, model: HR2G, opt, sched, cfg: Config, epoch: int, step: int, best: float, read_failures: dict,
-                    tally: EpochTally) -> None:
+                    tally: EpochTally, train_videos: str = "") -> None:
     save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val": best,
                  "read_failures": read_failures, "rng": _rng_state(), "version": 1,
-                 "epoch_tally": dataclasses.asdict(tally)}, path)
+                 "epoch_tally": dataclasses.asdict(tally), "train_videos": train_videos}, path)
+
+
+def videos_digest(dataset) -> str:
+    """SHA-256 of a split's videos (key and label of each, in order, and which are missing): the
+    episodes a run draws follow from it, so a resume compares it with its checkpoint's."""
+    h = hashlib.sha256()
+    for i in range(len(dataset)):
+        h.update(f"{dataset.key(i)}\t{int(dataset.labels[i])}\n".encode())
+    h.update(repr(sorted(dataset.unavailable)).encode())
+    return h.hexdigest()
 
 
 def bank_digest(model: HR2G) -> str:
@@ -303,6 +313,11 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         raise
     except ValueError as exc:
         raise SetupError(f"{exc} (check --data-root / --split-dir)") from exc
+    train_digest = videos_digest(train_set)
+    if ckpt is not None and main and ckpt.get("train_videos") not in (None, "", train_digest):
+        log.warning("resuming %s on a train split whose videos differ from the checkpoint's (%d now; its split "
+                    "list, data root or the videos found on disk changed): from here on the run draws other "
+                    "episodes than the interrupted one would have", path, len(train_set))
     try:  # an impossible episode shape fails now, not after an epoch
         for name, split_set in (("val", val_set), ("test", test_set)):
             if split_set is not None:
@@ -351,7 +366,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     def checkpoint(name: str, epoch: int, step: int) -> None:
         if main:
             tally.elapsed = time.time() - t0
-            save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures, tally)
+            save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures, tally, train_digest)
         barrier(dist_info)
 
     def bank_filled() -> int:
@@ -426,7 +441,8 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                     if res.accuracy > best:
                         best = res.accuracy
                         end = EpochTally([], [], time.time() - t0)
-                        save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures, end)
+                        save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures, end,
+                                        train_digest)
                 if main:
                     runlog.epoch_row(epoch + 1, np.mean(tally.loss), np.mean(tally.acc), epoch_lr,
                                      bank_filled(), len(failures), time.time() - t0, val_acc)

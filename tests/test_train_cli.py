@@ -344,3 +344,14 @@ def test_evaluate_names_the_unreadable_videos_in_the_log_and_the_json(run, tmp_p
     with pytest.raises(SystemExit, match=r"^error: test, 5-way 3-shot: every episode has a class with fewer than 4 "
                                          r"readable videos; 96 unreadable videos: .*; and 91 more$"):
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "3", "--episodes", "3", "--no-progress"])
+
+
+def test_a_resume_on_other_train_videos_is_warned_about(run, caplog):
+    """A split list edited between the stop and the resume changed the episodes without a word
+    (the configuration compared equal): the checkpoint holds a digest of the train split."""
+    assert checkpoint.load(run / "last.pt")["train_videos"]
+    train_cli.main(["--no-progress", "--resume", str(run / "last.pt"), "--epochs", "2"])
+    assert "whose videos differ" not in caplog.text
+    train_cli.main(["--no-progress", "--resume", str(run / "last.pt"), "--epochs", "3",
+                    "--set", "data.synthetic_videos_per_class=7"])
+    assert "on a train split whose videos differ from the checkpoint's" in caplog.text
