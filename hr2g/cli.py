@@ -94,8 +94,10 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    """hr2g's own messages from INFO (DEBUG with ``verbose``); other libraries' from WARNING: open_clip
+    logged "Parsing tokenizer identifier" at INFO in every command, even with the tiny backbone."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hr2g").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def writable_file(flag: str, path: str | os.PathLike) -> Path:
