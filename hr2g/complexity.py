@@ -359,7 +359,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]
 
         flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
         try:  # one line naming the flag, before anything is measured
-            backend_report(args.backend or "auto", device)
+            backend_report(args.backend or "auto", device, cfg)
         except SetupError as exc:
             raise SystemExit(f"error: {flag}: {exc}") from None
         set_backend(model, cfg, args.backend or "auto")

@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 # between alignment paths, not a kernel error.
 MIN_SCALE = 1e-6
 BACKBONES = ("ViT-B-16", "ViT-B-32", "RN50", "tiny")
+# per backbone: C, the joint embedding width every head (ISC, IKT, temporal) splits into heads, and
+# the square frame side its encoder takes (open_clip's model configs; the tiny one in model/encoder.py;
+# tests/test_training.py checks both against the encoders)
+BACKBONE_WIDTH = {"ViT-B-16": 512, "ViT-B-32": 512, "RN50": 1024, "tiny": 64}
+BACKBONE_IMAGE_SIZE = {"ViT-B-16": 224, "ViT-B-32": 224, "RN50": 224, "tiny": 32}
+SYNTHETIC_RENDERED_FRAMES = 16  # frames the embedded dataset renders per clip (TSN samples T of them)
 TINY_HAS_NO_WEIGHTS = ("the tiny backbone is randomly initialised and has no weights to load: "
                        "--set model.pretrained=none, or another model.backbone")
 ISC_MASKS = ("adaptive", "support-support", "query-support", "full", "global", "dense")
@@ -75,16 +81,26 @@ class ModelConfig:
         _range("model.ikt_prototypes", self.ikt_prototypes, 1, None)
         _range("model.ikt_bank_size", self.ikt_bank_size, 1, None)
         _range("model.trx_dim", self.trx_dim, 0, None)
+        width = BACKBONE_WIDTH[self.backbone]
+        for name in ("temporal_heads", "isc_heads", "ikt_heads"):
+            heads = getattr(self, name)
+            _range(f"model.{name}", heads, 1, width)
+            if width % heads:
+                allowed = [h for h in range(1, 17) if width % h == 0]
+                raise ValueError(f"model.{name}={heads} does not divide the {self.backbone} feature width {width} "
+                                 f"(e.g. {', '.join(map(str, allowed))})")
         if not 0.0 < self.ikt_kappa <= 1.0:
             raise ValueError(f"model.ikt_kappa={self.ikt_kappa} is outside the allowed range (0, 1]")
         _range("model.ikt_momentum", self.ikt_momentum, 0.0, 1.0)
         for name, value in (("model.ikt_temperature", self.ikt_temperature), ("model.otam_lambda", self.otam_lambda)):
             if not (math.isfinite(value) and value >= MIN_SCALE):  # NaN fails too
                 raise ValueError(f"{name}={value} must be finite and >= {MIN_SCALE:g} (hr2g.ops' fp32 kernels)")
-        if not self.aux_text_weight >= 0:
-            raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be >= 0")
+        if not (math.isfinite(self.aux_text_weight) and self.aux_text_weight >= 0):
+            raise ValueError(f"model.aux_text_weight={self.aux_text_weight} must be finite and >= 0")
         if not self.trx_cardinalities:
             raise ValueError("model.trx_cardinalities=() must name at least one tuple size (1 to 4)")
+        if len(set(self.trx_cardinalities)) < len(self.trx_cardinalities):
+            raise ValueError(f"model.trx_cardinalities={self.trx_cardinalities} names a tuple size twice")
         for c in self.trx_cardinalities:
             _range("model.trx_cardinalities[]", c, 1, 4)
 
@@ -127,8 +143,17 @@ class DataConfig:
         _range("data.q_query", self.q_query, 1, None)
         _range("data.test_q_query", self.test_q_query, 1, None)
         _range("data.num_workers", self.num_workers, 0, 64)
+        _range("data.synthetic_videos_per_class", self.synthetic_videos_per_class, 1, None)
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"data.data_root is required for dataset {self.dataset!r} (pass --data-root DIR)")
+        if self.dataset == "synthetic":
+            for key in ("data_root", "split_dir"):  # else silently ignored: the dataset is generated, not read
+                if getattr(self, key):
+                    raise ValueError(f"data.{key}={getattr(self, key)!r}: the synthetic dataset is generated, not read "
+                                     "(--dataset NAME for a benchmark)")
+            if self.frames > SYNTHETIC_RENDERED_FRAMES:
+                raise ValueError(f"data.frames={self.frames}: the synthetic dataset renders {SYNTHETIC_RENDERED_FRAMES} "
+                                 f"frames per clip, so at most {SYNTHETIC_RENDERED_FRAMES}")
 
 
 @dataclass
@@ -156,11 +181,20 @@ class TrainConfig:
         _range("train.epochs", self.epochs, 1, None)
         _range("train.episodes_per_epoch", self.episodes_per_epoch, 1, None)
         _range("train.episodes_per_step", self.episodes_per_step, 1, None)
-        if not self.lr > 0:
-            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr={self.lr} must be finite and > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"train.weight_decay={self.weight_decay} must be finite and >= 0")
+        if not self.grad_clip >= 0:  # NaN fails too; 0 (or inf) turns clipping off
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be >= 0 (0: no clipping)")
+        _range("train.seed", self.seed, 0, None)
+        if not self.out_dir:
+            raise ValueError("train.out_dir='': name the run's folder (a run in the current folder mixes its files with others)")
         _range("train.gamma", self.gamma, 0.0, 1.0)
         for m in self.milestones:  # MultiStepLR applies a milestone 0 at construction: the whole run at lr * gamma
             _range("train.milestones[]", m, 1, None)
+        if len(set(self.milestones)) < len(self.milestones):  # MultiStepLR would apply gamma twice there
+            raise ValueError(f"train.milestones={self.milestones} names an epoch twice")
         _range("train.val_episodes", self.val_episodes, 0, None)
         _range("train.test_episodes", self.test_episodes, 0, None)
         _range("train.log_every", self.log_every, 1, None)
@@ -179,6 +213,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _range("eval.episodes", self.episodes, 1, None)
+        _range("eval.seed", self.seed, 0, None)
         _range("eval.batch_episodes", self.batch_episodes, 1, None)
         _choice("eval.split", self.split, ("train", "val", "test"))
 
@@ -194,6 +229,10 @@ class Config:
         for part in (self.model, self.data, self.train, self.eval):
             part.validate()
         self.model.validate_frames(self.data.frames)
+        side = BACKBONE_IMAGE_SIZE[self.model.backbone]
+        if self.data.image_size != side:
+            raise ValueError(f"data.image_size={self.data.image_size}: the {self.model.backbone} encoder takes {side}x{side} "
+                             f"frames (--set data.image_size={side})")
         return self
 
     def unused_milestones(self) -> tuple[int, ...]:
@@ -251,8 +290,12 @@ def _coerce(tp, raw):
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(inner, raw)
     if origin is tuple:
+        if isinstance(raw, str) and not raw.strip():
+            return ()
         items = raw.split(",") if isinstance(raw, str) else list(raw)
-        return tuple(_coerce(args[0], x) for x in items if str(x).strip() != "")
+        if any(str(x).strip() == "" for x in items):  # "1,,2" was read as (1, 2)
+            raise ValueError(f"expected comma-separated values, got an empty item in {raw!r}")
+        return tuple(_coerce(args[0], x) for x in items)
     if tp is bool:
         if isinstance(raw, bool):
             return raw
@@ -261,6 +304,10 @@ def _coerce(tp, raw):
         if str(raw).lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected a boolean, got {raw!r}")
+    if tp is int:  # JSON's 2.7 or true would become 2 or 1 through int()
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        return int(raw) if isinstance(raw, float) else int(str(raw).strip())
     return tp(raw)
 
 

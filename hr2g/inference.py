@@ -54,7 +54,7 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
     if args.fused or args.backend:
         flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
         try:  # a backend that cannot run here fails now, not after every video has been encoded
-            backend_report(args.backend or "auto", device)
+            backend_report(args.backend or "auto", device, cfg)
         except SetupError as exc:
             raise SystemExit(f"error: {flag}: {exc}") from None
         set_backend(model, cfg, args.backend or "auto")

@@ -58,19 +58,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def backend_report(backend: str, device: torch.device) -> list[str]:
-    """One line per op: which backend runs it here and, if not the fused one, why.
+def backend_report(backend: str, device: torch.device, cfg: Config | None = None) -> list[str]:
+    """One line per op: which backend runs it here and, if not the fused one, why.  With ``cfg``,
+    the ops are asked at its shapes (T frames, the feature width, the ISC head width), so a
+    kernel's size limit (Triton's T <= 32, head dim <= 128) refuses now, not at the first step.
 
     Raises :class:`~hr2g.errors.SetupError` (a ``ValueError``) if an explicitly requested backend cannot run an op here: before
     training, not at the first step."""
     if backend == "torch":
         return ["all ops: torch reference backend (pass --fused to use the fused kernels)"]
-    x = torch.randn(1, 2, 8, 64, device=device)
+    t, c, d = 8, 64, 64
+    if cfg is not None:
+        from hr2g.config import BACKBONE_WIDTH
+
+        t, c = cfg.data.frames, BACKBONE_WIDTH[cfg.model.backbone]
+        d = c // cfg.model.isc_heads
+    x = torch.randn(1, 2, 8, d, device=device)
     examples = {
-        "otam_distance": (torch.randn(2, 8, 64, device=device), torch.randn(3, 8, 64, device=device), 0.5),
+        "otam_distance": (torch.randn(2, t, c, device=device), torch.randn(3, t, c, device=device), 0.5),
         "sample_attention": (x, x, x, 1),
-        "bank_retrieve": (torch.randn(3, 64, device=device), torch.randn(50, 64, device=device), 50, 35, 1.0),
-        "bank_update_": (torch.randn(50, 64, device=device), 50, torch.randn(3, 64, device=device), 0.99),
+        "bank_retrieve": (torch.randn(3, c, device=device), torch.randn(50, c, device=device), 50, 35, 1.0),
+        "bank_update_": (torch.randn(50, c, device=device), 50, torch.randn(3, c, device=device), 0.99),
     }
     lines = []
     for op, args in examples.items():
@@ -232,7 +240,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     per_rank = episodes_per_rank(cfg.train.episodes_per_step, dist_info.world)
     main = dist_info.main
     out = Path(cfg.train.out_dir)
-    backends = backend_report(cfg.model.backend, device)  # an impossible explicit backend fails here
+    backends = backend_report(cfg.model.backend, device, cfg)  # an impossible explicit backend fails here
     with contextlib.ExitStack() as held:  # rank 0 holds the run folder: a second run into it is refused
         refused = None
         if main:
@@ -312,7 +320,8 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     except SetupError:  # DALI asked for and missing: the data paths are not the cause
         raise
     except ValueError as exc:
-        raise SetupError(f"{exc} (check --data-root / --split-dir)") from exc
+        hint = "" if cfg.data.dataset == "synthetic" else " (check --data-root / --split-dir)"  # generated, not read
+        raise SetupError(f"{exc}{hint}") from exc
     train_digest = videos_digest(train_set)
     if ckpt is not None and main and ckpt.get("train_videos") not in (None, "", train_digest):
         log.warning("resuming %s on a train split whose videos differ from the checkpoint's (%d now; its split "

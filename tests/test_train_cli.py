@@ -61,7 +61,7 @@ def test_a_new_run_does_not_clobber_an_existing_one(run):
 @pytest.mark.parametrize("argv, message", [
     (["--resume", "nope.pt"], r"--resume: checkpoint 'nope.pt' does not exist"),
     (["--out", "afile"], r"--out: 'afile' is a file, expected a folder"),
-    (["--set", "train.lr=nan"], r"train.lr=nan must be > 0"),
+    (["--set", "train.lr=nan"], r"train.lr=nan must be finite and > 0"),
     (["--set", "model.ikt_momentum=nan"], r"model.ikt_momentum=nan is outside the allowed range"),
     (["--data-root", "DATA"], r"--data-root DATA needs --dataset"),
     (["--config", "nope.json"], r"^error: --config nope.json: No such file or directory"),

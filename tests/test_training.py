@@ -151,6 +151,24 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     (["--set", "train.milestones=0,3"], r"train.milestones\[\]=0 is outside the allowed range \[1, inf\]"),
     (["--set", "model.metric=trx", "--set", "model.trx_cardinalities=2,4", "--set", "data.frames=3"],
      r"model.trx_cardinalities=\(2, 4\): TRX tuples .* longer than data.frames=3"),
+    # values that used to pass validation and fail later, as a traceback (or silently do nothing)
+    (["--set", "model.isc_heads=0"], r"model.isc_heads=0 is outside the allowed range \[1, 64\]"),
+    (["--set", "model.ikt_heads=3"], r"model.ikt_heads=3 does not divide the tiny feature width 64 \(e.g. 1, 2, 4, 8, 16\)"),
+    (["--set", "model.temporal_heads=-1"], r"model.temporal_heads=-1 is outside the allowed range"),
+    (["--set", "train.weight_decay=-1"], r"train.weight_decay=-1.0 must be finite and >= 0"),
+    (["--set", "train.lr=inf"], r"train.lr=inf must be finite and > 0"),
+    (["--set", "model.aux_text_weight=inf"], r"model.aux_text_weight=inf must be finite and >= 0"),
+    (["--set", "train.grad_clip=nan"], r"train.grad_clip=nan must be >= 0 \(0: no clipping\)"),
+    (["--set", "train.seed=-1"], r"train.seed=-1 is outside the allowed range \[0, inf\]"),
+    (["--set", "eval.seed=-2"], r"eval.seed=-2 is outside the allowed range \[0, inf\]"),
+    (["--set", "data.synthetic_videos_per_class=0"], r"data.synthetic_videos_per_class=0 is outside the allowed range"),
+    (["--set", "data.frames=17"], r"data.frames=17: the synthetic dataset renders 16 frames per clip"),
+    (["--set", "data.image_size=64"], r"data.image_size=64: the tiny encoder takes 32x32 frames \(--set data.image_size=32\)"),
+    (["--set", "data.data_root=/x"], r"data.data_root='/x': the synthetic dataset is generated, not read"),
+    (["--set", "train.out_dir="], r"train.out_dir='': name the run's folder"),
+    (["--set", "model.trx_cardinalities=1,,2"], r"model.trx_cardinalities='1,,2': .*empty item"),
+    (["--set", "model.trx_cardinalities=3,3"], r"model.trx_cardinalities=\(3, 3\) names a tuple size twice"),
+    (["--set", "train.milestones=3,3"], r"train.milestones=\(3, 3\) names an epoch twice"),
 ])
 def test_bad_config_values_stop_with_a_message_naming_value_and_range(argv, message, capsys):
     from hr2g import train as train_cli
@@ -376,11 +394,16 @@ def test_unreadable_validation_and_test_videos_are_listed_with_the_training_ones
 def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     """config.json / checkpoints kept --data-root as typed: evaluating or resuming from another
     folder then looked for the videos there."""
+    from tests.media import make_benchmark
+
     monkeypatch.chdir(tmp_path)
+    make_benchmark(tmp_path / "data/hmdb51", {"train": ["a", "b"], "test": ["c", "d"]}, n_frames=4, size=(32, 32))
+    (tmp_path / "data/hmdb51/splits").rename(tmp_path / "lists")
     cfg = tiny_config(tmp_path)
-    cfg.data.data_root, cfg.data.split_dir = "data/hmdb51", "lists"  # the synthetic data ignores them
+    cfg.data.dataset, cfg.data.data_root, cfg.data.split_dir = "hmdb51", "data/hmdb51", "lists"
+    cfg.data.n_way, cfg.data.q_query, cfg.data.frames, cfg.data.decoder = 2, 1, 2, "pyav"
     cfg.train.epochs, cfg.train.episodes_per_epoch, cfg.train.val_episodes = 1, 1, 0
-    summary = train(cfg, progress=False)
+    summary = train(cfg.validate(), progress=False)
     stored = checkpoint.load(summary["last"])["config"]["data"]
     assert (stored["data_root"], stored["split_dir"]) == (str(tmp_path / "data/hmdb51"), str(tmp_path / "lists"))
     assert json.loads(open(f"{cfg.train.out_dir}/config.json").read())["data"]["data_root"] == str(tmp_path / "data/hmdb51")
@@ -515,3 +538,45 @@ def test_a_checkpoint_that_cannot_be_written_names_the_file_and_why(tmp_path, mo
     assert exc.value.errno == errno.ENOSPC and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.pt") == {"a": 1}
+
+
+def test_json_integers_are_not_rounded_or_read_from_booleans():
+    from hr2g.config import Config
+
+    with pytest.raises(ValueError, match=r"data.k_shot.*expected an integer, got 2.7"):
+        Config.from_dict({"data": {"k_shot": 2.7}})
+    with pytest.raises(ValueError, match=r"data.k_shot.*expected an integer, got True"):
+        Config.from_dict({"data": {"k_shot": True}})
+    assert Config.from_dict({"data": {"k_shot": 2.0}}).data.k_shot == 2
+
+
+def test_the_backbone_tables_match_the_encoders_they_describe():
+    """hr2g.config checks heads and image size against BACKBONE_WIDTH / BACKBONE_IMAGE_SIZE
+    before anything is built: the tables must be what the encoders are."""
+    import open_clip
+
+    from hr2g.config import BACKBONE_IMAGE_SIZE, BACKBONE_WIDTH, ModelConfig
+    from hr2g.model.encoder import CLIPEncoder
+
+    tiny = CLIPEncoder(ModelConfig(backbone="tiny", pretrained=None, adapter_dim=4))
+    assert (tiny.dim, tiny.image_size) == (BACKBONE_WIDTH["tiny"], (BACKBONE_IMAGE_SIZE["tiny"],) * 2)
+    for name in ("ViT-B-16", "ViT-B-32", "RN50"):
+        cfg = open_clip.get_model_config(name)
+        assert (cfg["embed_dim"], cfg["vision_cfg"]["image_size"]) == (BACKBONE_WIDTH[name], BACKBONE_IMAGE_SIZE[name])
+
+
+def test_kernel_size_limits_refuse_before_training_at_the_runs_shapes(monkeypatch):
+    """The backend check asked the ops at T=8 and head dim 64: a run at T=40 (Triton's OTAM takes
+    T <= 32) passed it and failed at its first step."""
+    from hr2g import _dispatch
+    from hr2g.errors import SetupError
+    from hr2g.training import backend_report
+
+    if not _dispatch.triton_interpreting("otam_distance") and not torch.cuda.is_available():
+        pytest.skip("the Triton kernels run here only under TRITON_INTERPRET=1")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = tiny_config()
+    assert any(line.startswith("otam_distance: triton") for line in backend_report("triton", device, cfg))
+    cfg.data.frames = 40  # not validated: the synthetic data stops at 16, a benchmark would not
+    with pytest.raises(SetupError, match=r"model.backend=triton cannot run otam_distance .*T=40"):
+        backend_report("triton", device, cfg)

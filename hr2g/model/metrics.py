@@ -52,6 +52,8 @@ class TRX(nn.Module):
     def __init__(self, dim: int, frames: int, cardinalities: tuple[int, ...] = (2, 3), proj_dim: int | None = None):
         super().__init__()
         proj_dim = proj_dim or dim
+        if not cardinalities or max(cardinalities) > frames:
+            raise ValueError(f"TRX: tuples of {tuple(cardinalities)} frames need clips of at least that many frames, got T={frames}")
         self.frames = frames
         for i, w in enumerate(cardinalities):  # [U, w] frame indices of every tuple, moved with the module
             self.register_buffer(f"tuples{i}", torch.tensor(list(itertools.combinations(range(frames), w))), persistent=False)

@@ -36,6 +36,7 @@ class HR2G(nn.Module):
     def __init__(self, cfg: ModelConfig, frames: int = 8):
         super().__init__()
         cfg.validate()
+        cfg.validate_frames(frames)  # TRX's tuples of T frames (T=1 built empty index buffers: an IndexError later)
         self.cfg, self.frames = cfg, frames
         self.encoder = CLIPEncoder(cfg)
         c = self.dim = self.encoder.dim
