@@ -72,7 +72,7 @@ def backend_report(backend: str, device: torch.device, cfg: Config | None = None
         from hr2g.config import BACKBONE_WIDTH
 
         t, c = cfg.data.frames, BACKBONE_WIDTH[cfg.model.backbone]
-        d = c // cfg.model.isc_heads
+        d = c // cfg.model.isc_heads if cfg.model.isc else d  # without ISC no sample attention runs
     x = torch.randn(1, 2, 8, d, device=device)
     examples = {
         "otam_distance": (torch.randn(2, t, c, device=device), torch.randn(3, t, c, device=device), 0.5),
