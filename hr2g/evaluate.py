@@ -80,7 +80,9 @@ def main(argv=None) -> list[dict]:
                             where if len(res.skipped_videos) > 5 else "")
             row = {"dataset": cfg.data.dataset, "split": split, "n_way": cfg.data.n_way, "k_shot": k,
                    "episodes": res.episodes, "seed": seed, "accuracy": round(100 * res.accuracy, 2),
-                   "ci95": round(100 * res.ci95, 2), "skipped_videos": len(res.skipped_videos), "device": str(device)}
+                   "ci95": round(100 * res.ci95, 2), "skipped_videos": len(res.skipped_videos),
+                   "missing_videos": len(dataset.unavailable),  # listed, not on disk: never drawn
+                   "device": str(device)}
             log.info("%d-way %d-shot: %.2f ± %.2f %% over %d episodes", cfg.data.n_way, k, row["accuracy"], row["ci95"],
                      res.episodes)
             print(json.dumps(row), flush=True)

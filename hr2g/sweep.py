@@ -200,6 +200,8 @@ def main(argv=None) -> list[SweepPoint]:
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
     if unreadable:
         header += f", {len(unreadable)} unreadable videos replaced by others of their class (unreadable_videos.json)"
+    if dataset.unavailable:
+        header += f", {len(dataset.unavailable)} listed videos missing on disk (never drawn)"
     paths = write_tables(points, out, header)
     listing = out / "unreadable_videos.json"
     if unreadable:

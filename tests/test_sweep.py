@@ -171,3 +171,20 @@ def test_an_output_folder_that_cannot_be_written_stops_before_the_grid(ckpt, tmp
     monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("the grid ran before --out was checked"))
     with pytest.raises(SystemExit, match=r"^error: --out: .*file.* is a file, expected a folder"):
         sweep.main(["--checkpoint", ckpt, "--out", str(blocker), "--no-progress", "--device", "cpu"])
+
+
+def test_listed_videos_missing_on_disk_are_counted_in_evaluate_and_sweep(ckpt, tmp_path, monkeypatch, capsys):
+    """They are never drawn (so never 'unreadable'): a split with some gone reported 0 skipped."""
+    from hr2g import evaluate as evaluate_cli
+    from hr2g import inference
+
+    class Partly(SyntheticActions):
+        unavailable = frozenset({0, 7})
+
+    monkeypatch.setattr(inference, "dataset_from_args",
+                        lambda *a, **k: Partly("test", videos_per_class=6, frames=4, image_size=32))
+    rows = evaluate_cli.main(["--checkpoint", ckpt, "--shots", "1", "--episodes", "3", "--no-progress", "--device", "cpu"])
+    assert (rows[0]["missing_videos"], rows[0]["skipped_videos"]) == (2, 0)
+    sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--out", str(tmp_path),
+                "--no-progress", "--device", "cpu"])
+    assert ", 2 listed videos missing on disk (never drawn)" in capsys.readouterr().out

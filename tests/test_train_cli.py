@@ -336,6 +336,7 @@ def test_evaluate_names_the_unreadable_videos_in_the_log_and_the_json(run, tmp_p
     rows = evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "1", "--episodes", "3", "--json", str(out),
                               "--no-progress"])
     assert rows[0]["skipped_videos"] == 96 and "unreadable_videos" not in rows[0]  # stdout: one short line
+    assert rows[0]["missing_videos"] == 0
     listed = json.loads(out.read_text())[0]["unreadable_videos"]
     assert len(listed) == 96 and set(listed.values()) == {"moov atom not found"}
     summary, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("96 unreadable videos: ")]
