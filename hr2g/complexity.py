@@ -324,7 +324,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]
     """The model to measure and its config: a checkpoint, or the preset with ``--set`` and random init."""
     from hr2g.cli import apply_overrides
     from hr2g.configs import get_preset
-    from hr2g.inference import set_backend
+    from hr2g.inference import apply_backend_flags
 
     if args.checkpoint:
         if args.overrides or args.frames:
@@ -353,16 +353,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]
             model = HR2G(cfg.model, cfg.data.frames)
         except SetupError as exc:  # CLIP weights that cannot be loaded (a wrong path, offline)
             raise SystemExit(f"error: {exc}") from None
-    if args.fused or args.backend:
-        from hr2g.errors import SetupError
-        from hr2g.training import backend_report
-
-        flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
-        try:  # one line naming the flag, before anything is measured
-            backend_report(args.backend or "auto", device, cfg)
-        except SetupError as exc:
-            raise SystemExit(f"error: {flag}: {exc}") from None
-        set_backend(model, cfg, args.backend or "auto")
+    apply_backend_flags(args, model, cfg, device)  # one line naming the flag, before anything is measured
     return model, cfg
 
 

@@ -43,22 +43,31 @@ def load_trained(args: argparse.Namespace) -> tuple[HR2G, Config, torch.device]:
     """(model in eval mode on its device, its config, the device) from ``add_checkpoint_args`` flags."""
     from hr2g import checkpoint
     from hr2g.evaluation import load_model
-    from hr2g.errors import SetupError
-    from hr2g.training import backend_report, resolve_device
+    from hr2g.training import resolve_device
 
     device = resolve_device(args.device)
     try:  # random-init CLIP, then the checkpoint's weights: nothing to download
         model, cfg = load_model(checkpoint.load(args.checkpoint), device, args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --checkpoint: {exc}") from None
-    if args.fused or args.backend:
-        flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
-        try:  # a backend that cannot run here fails now, not after every video has been encoded
-            backend_report(args.backend or "auto", device, cfg)
-        except SetupError as exc:
-            raise SystemExit(f"error: {flag}: {exc}") from None
-        set_backend(model, cfg, args.backend or "auto")
+    apply_backend_flags(args, model, cfg, device)
     return model, cfg, device
+
+
+def apply_backend_flags(args: argparse.Namespace, model: HR2G, cfg: Config, device: torch.device) -> None:
+    """``--fused`` / ``--backend`` on a built model, or exit naming the flag if that backend cannot
+    run here at the model's shapes: now, not after every video has been encoded (or measured)."""
+    from hr2g.errors import SetupError
+    from hr2g.training import backend_report
+
+    if not (args.fused or args.backend):
+        return
+    flag = "--fused" if args.fused and not args.backend else f"--backend {args.backend}"
+    try:
+        backend_report(args.backend or "auto", device, cfg)
+    except SetupError as exc:
+        raise SystemExit(f"error: {flag}: {exc}") from None
+    set_backend(model, cfg, args.backend or "auto")
 
 
 def dataset_from_args(cfg: Config, args: argparse.Namespace, device: torch.device | None = None) -> VideoDataset:

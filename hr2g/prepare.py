@@ -126,12 +126,11 @@ def copy_lists(paths: list[Path], dest: Path, dataset: str | None = None) -> lis
     import filecmp
     import shutil
 
-    from hr2g.data.presets import PRESETS, SPLITS
+    from hr2g.data.presets import SPLITS
 
-    presets = [PRESETS[dataset]] if dataset in PRESETS else list(PRESETS.values())
     new = {p.name for p in paths}
     for split in SPLITS:
-        names = {pattern.format(split=split) for preset in presets for pattern in preset.split_files}
+        names = loader_list_names(dataset, split)
         if new & names:  # this run brings a list of this split: one of another name must not win
             for name in sorted(names - new):
                 old = dest / name
@@ -158,14 +157,21 @@ def copy_lists(paths: list[Path], dest: Path, dataset: str | None = None) -> lis
     return copied
 
 
-def names_the_loader_skips(paths: list[Path], dataset: str | None) -> list[Path]:
-    """The ``--split-list`` files that train / evaluate would not find in ``<out>/splits``: they
-    look for the lists by name (``test_few_shot.txt``, ``testlist03.txt``, ...; for ``dataset``'s
-    preset, or any benchmark's without ``--dataset``)."""
-    from hr2g.data.presets import PRESETS, SPLITS
+def loader_list_names(dataset: str | None, split: str) -> set[str]:
+    """The names train / evaluate look for ``split``'s list by (``test_few_shot.txt``,
+    ``testlist03.txt``, ...): ``dataset``'s preset's, or any benchmark's without ``--dataset``."""
+    from hr2g.data.presets import PRESETS
 
     presets = [PRESETS[dataset]] if dataset in PRESETS else list(PRESETS.values())
-    names = {pattern.format(split=s) for preset in presets for pattern in preset.split_files for s in SPLITS}
+    return {pattern.format(split=split) for preset in presets for pattern in preset.split_files}
+
+
+def names_the_loader_skips(paths: list[Path], dataset: str | None) -> list[Path]:
+    """The ``--split-list`` files that train / evaluate would not find in ``<out>/splits``: they
+    look for the lists by name (:func:`loader_list_names`)."""
+    from hr2g.data.presets import SPLITS
+
+    names = set().union(*(loader_list_names(dataset, s) for s in SPLITS))
     return [path for path in paths if path.name not in names]
 
 
