@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("hr2g.evaluate")
 
@@ -87,7 +88,11 @@ def main(argv=None) -> list[dict]:
                      res.episodes)
             print(json.dumps(row), flush=True)
             results.append(row)
-            listed.append({**row, "unreadable_videos": dict(sorted(res.skipped_videos.items()))})  # video -> why
+            # video -> why; the keys are relative to the data root (the warnings give whole paths), so
+            # the row names that root: a --json file read elsewhere still says where the videos were
+            root = getattr(dataset, "root", None)
+            listed.append({**row, "videos_root": None if root is None else str(Path(root).resolve()),
+                           "unreadable_videos": dict(sorted(res.skipped_videos.items()))})
             if args.json:  # after every shot: a crash or Ctrl-C keeps the finished ones
                 write_text_atomic(args.json, json.dumps(listed, indent=2))
                 written = len(results)

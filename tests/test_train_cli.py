@@ -330,14 +330,17 @@ def test_evaluate_names_the_unreadable_videos_in_the_log_and_the_json(run, tmp_p
     from hr2g import inference
     from tests.test_sweep import _HalfUnreadable
 
-    monkeypatch.setattr(inference, "dataset_from_args",
-                        lambda *a, **k: _HalfUnreadable("test", videos_per_class=6, frames=4, image_size=32))
+    dataset = _HalfUnreadable("test", videos_per_class=6, frames=4, image_size=32)
+    dataset.root = tmp_path / "videos" / ".." / "videos"  # a video dataset's keys are relative to its root
+    monkeypatch.setattr(inference, "dataset_from_args", lambda *a, **k: dataset)
     out = tmp_path / "ev.json"
     rows = evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--shots", "1", "--episodes", "3", "--json", str(out),
                               "--no-progress"])
     assert rows[0]["skipped_videos"] == 96 and "unreadable_videos" not in rows[0]  # stdout: one short line
-    assert rows[0]["missing_videos"] == 0
-    listed = json.loads(out.read_text())[0]["unreadable_videos"]
+    assert rows[0]["missing_videos"] == 0 and "videos_root" not in rows[0]
+    row, = json.loads(out.read_text())
+    assert row["videos_root"] == str((tmp_path / "videos").resolve())  # where the relative keys are
+    listed = row["unreadable_videos"]
     assert len(listed) == 96 and set(listed.values()) == {"moov atom not found"}
     summary, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("96 unreadable videos: ")]
     assert summary.endswith(f"; and 91 more, replaced by other videos of their class (all of them in {out})")
