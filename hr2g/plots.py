@@ -223,7 +223,7 @@ def episode_view(model, dataset, cfg, episode: int, seed: int, n_way: int, k_sho
     model.eval()
     device = next(model.parameters()).device
     amp = cfg.train.amp and device.type == "cuda"
-    spec = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split="evaluation").fixed(episode + 1, seed)[episode]
+    spec = EpisodeSampler.for_dataset(dataset, n_way, k_shot, q_query, split="evaluation").fixed_at(episode, seed)
     ids = [int(i) for i in np.concatenate([spec.support, spec.query])]
     rows, feats, failed = encode_dataset(model, dataset, sorted(set(ids)), device, amp)
     if failed:

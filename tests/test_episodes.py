@@ -40,6 +40,17 @@ def test_episodes_are_class_major_and_reproducible():
     assert any((x.support != y.support).any() for x, y in zip(a, s.fixed(50, seed=8)))
 
 
+def test_fixed_at_is_that_episode_of_the_seeded_list():
+    """plots heatmap --episode N draws episode N alone (fixed_at): it must be fixed(N + 1)[N]."""
+    s = EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=2, q_query=3)
+    listed = s.fixed(23, seed=3)
+    for i in (0, 1, 7, 22):
+        one = s.fixed_at(i, seed=3)
+        assert all((getattr(one, f) == getattr(listed[i], f)).all() for f in ("classes", "support", "query"))
+    with pytest.raises(ValueError, match=r"^episode index -1: expected >= 0$"):
+        s.fixed_at(-1, seed=3)
+
+
 def test_k_too_large_names_the_allowed_range():
     with pytest.raises(ValueError, match=r"5-way 4-shot with 3 queries.*allowed: k_shot \+ q_query <= 6 at n_way=5$"):
         EpisodeSampler(np.repeat(np.arange(10), 6), n_way=5, k_shot=4, q_query=3, split="test")
