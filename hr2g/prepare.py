@@ -90,21 +90,23 @@ def split_lists(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 
 def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(input video files, [(listed entry, reason)] for list entries with no file under --src)."""
+    """(input video files, [(listed entry, reason)] for list entries under --src that are not
+    converted: no file there, or a frame folder)."""
     from hr2g.data.presets import VIDEO_EXTENSIONS, get_preset
-    from hr2g.data.splits import locate_videos, read_split, validate_root
+    from hr2g.data.splits import locate_videos, validate_root
 
     src = Path(args.src)
     preset = get_preset(args.dataset) if args.dataset else None
     if not lists:
+        # an --out inside --src is not an input: each re-run would convert the last run's outputs
+        # again, one folder deeper (out/out/out/...)
+        out = Path(args.out).resolve()
         files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-                       and not p.name.startswith("."))
+                       and not p.name.startswith(".") and out not in p.resolve().parents)
         return files, []
     files, missing = {}, []
     for path in lists:
-        with warnings.catch_warnings():  # class names do not matter here (no label file needed): only the files
-            warnings.simplefilter("ignore")
-            split = read_split(path)
+        split = _read_list(path)
         located = locate_videos(src, split, preset)
         report = validate_root(src, split, preset, located)
         if not report.ok:
@@ -113,7 +115,27 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
         for p in located:
             if p is not None and p.is_file():
                 files[p] = None
+            elif p is not None:  # listed as frames already: nothing to decode, and not silently dropped
+                missing.append((p.relative_to(src).as_posix(), f"listed in {path.name}: a frame folder, not a "
+                                "video file; prepare converts video files only (train / evaluate read frame "
+                                "folders as they are: copy or link it under --out)"))
     return list(files), missing
+
+
+def _read_list(path: Path):
+    """A split list, for its files only: class names do not matter here (no label file needed), nor
+    which split it is ("cannot tell the split from the file name" of a class/video list named
+    my_subset.txt is the loader's concern: prepare only needs its videos)."""
+    from hr2g.data.splits import _split_from_filename, read_split
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return read_split(path)
+        except ValueError as exc:
+            if _split_from_filename(path) is not None or "cannot tell the split" not in str(exc):
+                raise
+            return read_split(path, split="train")  # a placeholder name: only the videos are used
 
 
 def copy_lists(paths: list[Path], dest: Path, dataset: str | None = None) -> list[str]:
@@ -211,7 +233,7 @@ def main(argv=None) -> int:
     failed = sorted([(o.rel, o.detail) for o in outcomes if o.status == "failed"] + missing)
     report = Path(args.report) if args.report else out / "prepare_report.tsv"
     report.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# input\treason (unreadable or missing inputs of the last run)"]
+    lines = ["# input\treason (unreadable, missing or unconverted inputs of the last run)"]
     lines += [f"{rel}\t{' '.join(why.split())}" for rel, why in failed]
     write_text_atomic(report, "\n".join(lines) + "\n")  # whole or not at all, as every result file
     copied = copy_lists(lists + labels, out / DEFAULT_SPLIT_SUBDIR, args.dataset)
@@ -223,8 +245,10 @@ def main(argv=None) -> int:
                     "...) and will not find %s in %s: rename it there (e.g. test_few_shot.txt), or give them --split-dir",
                     path.name, out / DEFAULT_SPLIT_SUBDIR)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    log.info("prepare: %d written, %d already done, %d unreadable, %d missing; report: %s",
-             counts["done"], counts["skipped"], counts["failed"], len(missing), report)
+    folders = sum("a frame folder, not a video file" in why for _, why in missing)
+    log.info("prepare: %d written, %d already done, %d unreadable, %d missing%s; report: %s",
+             counts["done"], counts["skipped"], counts["failed"], len(missing) - folders,
+             f", {folders} listed frame folders not converted" if folders else "", report)
     return 0
 
 

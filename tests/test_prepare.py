@@ -152,6 +152,56 @@ def test_a_split_list_the_loader_will_not_find_by_name_is_warned_about(raw, tmp_
     assert prepare.names_the_loader_skips([Path("testlist07.txt")], "hmdb51") == [Path("testlist07.txt")]
 
 
+def test_stale_temporaries_of_a_name_with_brackets_are_removed(raw, tmp_path):
+    """16 HMDB51 few-shot videos are named "..._[HD]_...": glob read [HD] as a character class, so
+    an interrupted run's temporaries of those outputs were never cleaned up."""
+    root, _ = raw
+    dst = tmp_path / "out" / "Die_Another_Day_[HD]_v1.webm"
+    dst.parent.mkdir()
+    stale = dst.with_name(f".{dst.name}.tmp-999")
+    stale.mkdir()  # a jpeg run's half-written frame folder
+    (outcome,) = run_jobs([Job(root / "videos/kick_ball/kick_ball_v1.avi", dst, "k")], Options("vp9", 0), progress=False)
+    assert outcome.status == "done" and not stale.exists() and dst.is_file()
+
+
+def test_an_out_inside_src_is_not_read_back_as_input(raw, tmp_path):
+    """Without split lists every video under --src is an input: an --out inside it was too, so each
+    re-run converted the last run's outputs again, one folder deeper."""
+    root, _ = raw
+    argv = ["--src", str(root), "--out", str(root / "prep"), "--to", "vp9", "--short-side", "16", "--workers", "1",
+            "--no-progress"]
+    assert prepare.main(argv) == 0
+    first = sorted(p.relative_to(root) for p in (root / "prep").rglob("*.webm"))
+    assert prepare.main(argv) == 0
+    assert sorted(p.relative_to(root) for p in (root / "prep").rglob("*.webm")) == first and len(first) == 15
+    assert not (root / "prep" / "prep").exists()
+
+
+def test_a_class_video_list_of_any_name_and_listed_frame_folders(raw, tmp_path, caplog):
+    """prepare only needs a list's videos: a 'class/video' list named my_subset.txt used to stop it
+    ("cannot tell the split from the file name"), and a listed frame folder was neither converted
+    nor reported."""
+    root, media = raw
+    from tests.media import write_frame_folder
+
+    write_frame_folder(root / "videos/Archery/Archery_frames", media["frames"][("Archery", "Archery_v0")][:4])
+    mine = tmp_path / "my_subset.txt"
+    mine.write_text("Archery/Archery_v1\nArchery/Archery_frames\nkick_ball/kick_ball_v0\n")
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="hr2g"):
+        assert prepare.main(["--src", str(root / "videos"), "--out", str(out), "--to", "vp9", "--short-side", "16",
+                             "--workers", "1", "--no-progress", "--split-list", str(mine)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.webm")) == [
+        "Archery/Archery_v1.webm", "kick_ball/kick_ball_v0.webm"]
+    report = dict(report_lines(out / "prepare_report.tsv"))
+    assert list(report) == ["Archery/Archery_frames"] and "a frame folder, not a video file" in report["Archery/Archery_frames"]
+    assert "2 written, 0 already done, 0 unreadable, 0 missing, 1 listed frame folders not converted" in caplog.text
+    with pytest.raises(ValueError, match=r"my_subset.txt: cannot tell the split"):  # the loader still needs a name
+        from hr2g.data.splits import read_split
+
+        read_split(mine)
+
+
 def test_scaled_size_and_cli_errors(tmp_path):
     assert scaled_size(320, 240, 256) == (320, 240)  # never upscaled
     assert scaled_size(640, 360, 256) == (456, 256) and scaled_size(341, 257, 256) == (340, 256)

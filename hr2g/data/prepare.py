@@ -17,6 +17,7 @@ the next run deletes.  A bad input never stops the run: it is returned as failed
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def _temp(dst: Path) -> Path:
 
 def _remove_stale(dst: Path) -> None:
     """Temporaries of an interrupted earlier run (any process id) for this output."""
-    for stale in dst.parent.glob(f".{dst.name}.tmp-*"):
+    # escaped: 16 HMDB51 few-shot videos are named "..._[HD]_...", and glob read [HD] as a character
+    # class, so their temporaries (a Ctrl-C's half-written frame folder, say) were never removed
+    for stale in dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
