@@ -1,6 +1,7 @@
 """CPU decoding (PyAV, PIL frame folders), BenchmarkDataset, unreadable videos, build_dataset and
 decoder selection -- on tiny clips generated here (H.264, VP9, MPEG-4, JPEG folders)."""
 import logging
+import shutil
 
 import av
 import numpy as np
@@ -75,6 +76,18 @@ def test_frame_folders_read_in_name_order(tmp_path):
     (folder / "img_00003.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(VideoReadError, match="img_00003.jpg: unreadable frame image"):
         read_frame_files(files, np.array([2]))
+
+
+def test_a_rawframes_folder_reads_its_rgb_frames_only(tmp_path):
+    """mmaction2 / TSN rawframes hold flow_x_* / flow_y_* beside img_*: 10 frames read as 30
+    images, and test-time sampling picked optical flow for frames."""
+    src = frame_pattern(10, 32, 40)
+    folder = write_frame_folder(tmp_path / "v", src)
+    for i in range(10):
+        for axis in "xy":
+            shutil.copyfile(folder / f"img_{i + 1:05d}.jpg", folder / f"flow_{axis}_{i + 1:05d}.jpg")
+    files = list_frames(folder)
+    assert [f.rsplit("/", 1)[1] for f in files] == [f"img_{i:05d}.jpg" for i in range(1, 11)]
 
 
 def test_unpadded_frame_names_keep_frame_order(tmp_path):

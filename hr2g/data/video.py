@@ -189,12 +189,18 @@ def _frame_order(name: str) -> list:
 
 
 def list_frames(folder: str | Path) -> list[str]:
-    """Image files of a frame folder in frame order (``img_00001.jpg`` ..., or unpadded ``1.jpg`` ...)."""
+    """Image files of a frame folder in frame order (``img_00001.jpg`` ..., or unpadded ``1.jpg`` ...);
+    where some are named ``img_*``, only those (the others are a rawframes folder's optical flow)."""
     folder = str(folder)
     try:
         names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_order)
     except OSError as exc:
         raise VideoReadError(folder, f"cannot list the frame folder ({exc.strerror or exc})") from None
+    # mmaction2 / TSN "rawframes" keep the optical flow (flow_x_00001.jpg, flow_y_...) beside the RGB
+    # img_00001.jpg: a folder of 10 frames read as 30 images, and test sampling took flow for frames
+    rgb = [n for n in names if n.startswith("img_")]
+    if rgb:
+        names = rgb
     if not names:
         from hr2g.data.presets import VIDEO_EXTENSIONS
 
