@@ -249,6 +249,12 @@ def main(argv=None) -> int:
     log.info("prepare: %d written, %d already done, %d unreadable, %d missing%s; report: %s",
              counts["done"], counts["skipped"], counts["failed"], len(missing) - folders,
              f", {folders} listed frame folders not converted" if folders else "", report)
+    if not inputs and len(missing) > folders:  # a wrong --src or layout, not a few lost videos: not a success
+        hint = "" if args.dataset else (" (or pass --dataset: SSv2 keeps its videos in one folder, not in class "
+                                        "folders, and Kinetics-100 names clips by YouTube id and times)")
+        log.error("prepare: none of the %d listed videos is under %s: give the folder the lists' paths start "
+                  "from as --src%s", len(missing) - folders, src, hint)
+        return 1
     return 0
 
 

@@ -202,6 +202,18 @@ def test_a_class_video_list_of_any_name_and_listed_frame_folders(raw, tmp_path, 
         read_split(mine)
 
 
+def test_a_list_none_of_whose_videos_is_found_fails_with_a_hint(raw, tmp_path, caplog):
+    """A wrong --src (or an SSv2 list without --dataset) found 0 of the listed videos and exited 0."""
+    root, _ = raw
+    out = tmp_path / "out"
+    argv = ["--src", str(root / "videos" / "catch"), "--out", str(out), "--to", "vp9", "--workers", "1", "--no-progress",
+            "--split-list", str(root / "splits" / "testlist03.txt")]
+    with caplog.at_level("ERROR", logger="hr2g"):
+        assert prepare.main(argv) == 1
+    assert "none of the 6 listed videos is under " in caplog.text and "or pass --dataset" in caplog.text
+    assert len(report_lines(out / "prepare_report.tsv")) == 6  # the report still names them
+
+
 def test_scaled_size_and_cli_errors(tmp_path):
     assert scaled_size(320, 240, 256) == (320, 240)  # never upscaled
     assert scaled_size(640, 360, 256) == (456, 256) and scaled_size(341, 257, 256) == (340, 256)
