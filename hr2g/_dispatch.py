@@ -47,13 +47,28 @@ class BackendUnavailable(RuntimeError):
     """Raised when an explicitly requested backend refuses; the message says why."""
 
 
+def interpret_requested() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter, read as Triton reads it: 1, true,
+    on, yes (any case) in Triton 3.8, not only "1" -- with ``=true`` Triton interpreted while the
+    kernels thought they were on a GPU (no fp32 upcast of bf16 tiles: errors of 8e8 on bf16
+    attention; 8 autotune configs timed on no GPU: "0 active drivers")."""
+    value = os.environ.get("TRITON_INTERPRET")
+    if value is None:
+        return False
+    try:
+        from triton import knobs  # Triton >= 3.4: its own reading of the variable
+    except ImportError:  # no triton (nothing to interpret), or one without knobs
+        return value.strip().lower() in ("1", "true", "on", "yes", "y")
+    return bool(knobs.runtime.interpret)
+
+
 def triton_interpreting(op: str | None = None) -> bool:
     """Whether ``TRITON_INTERPRET=1`` is set and (given ``op``) ``op``'s kernel module, if already
     imported, was imported under it.  Triton fixes interpretation at import (``triton.jit`` reads
     the variable then): set only afterwards, it used to get CPU tensors approved for kernels
     compiled for a GPU ("0 active drivers").  Both must agree; unset now, the kernels are refused
     on the CPU whatever they were imported as, as the variable's contract says."""
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not interpret_requested():
         return False
     mod = sys.modules.get(_MODULES.get(("triton", op), "")) if op is not None else None
     return bool(getattr(mod, "_INTERPRET", True))

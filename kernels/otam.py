@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from hr2g._dispatch import refuse_double_backward
+from hr2g._dispatch import interpret_requested, refuse_double_backward
 from hr2g.reference import OTAM_COS_EPS
 
 MAX_FRAMES = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Read once, like triton.jit itself (which picks the interpreter when the kernel is decorated).
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once, as triton.jit itself does (it picks the interpreter when the kernel is decorated).
+_INTERPRET = interpret_requested()
 
 
 def _configs():

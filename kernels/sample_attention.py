@@ -30,7 +30,8 @@ Backward (FlashAttention-2 style), one launch with two kinds of programs.  Grid
 
 With ``p`` the softmax, ``delta_i = sum_j p_ij dp_ij`` and ``ds = p (dp - delta)``, ``dp =
 dO v^T``: ``dv = p^T dO``, ``dq = ds k / sqrt(d)``, ``dk = ds^T q / sqrt(d)``.  When all keys fit in
-one block (``ONE_KV_BLOCK``: S up to 16-64 by dtype and head dim, every episode shape), each
+one block (``ONE_KV_BLOCK``: up to 16-64 keys by dtype and head dim: every bf16 / fp16 episode
+with <= 32 supports at d64, but fp32 at d64 only up to 16, so 5-way 5-shot takes several), each
 program holds whole rows of scores: it recomputes the softmax from them as the reference does
 (max shift, normalised) and takes ``delta`` from the tile as the reference's softmax backward
 does, so a lone key (n_support = 1) gets ``ds = 0`` exactly.  With several key blocks it rebuilds
@@ -59,20 +60,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from hr2g._dispatch import refuse_double_backward
+from hr2g._dispatch import interpret_requested, refuse_double_backward
 
 MAX_HEAD_DIM = 128
 # the backward's grid axis 1 holds cdiv(S, BLOCK_M) + cdiv(S, BLOCK_N) <= 65535 blocks, 16 rows each at worst
 MAX_SAMPLES = 2**18
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Read once, like triton.jit itself (which picks the interpreter when the kernel is decorated).
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once, as triton.jit itself does (it picks the interpreter when the kernel is decorated).
+_INTERPRET = interpret_requested()
 # exp(x) = exp2(x * log2(e)); the kernels spell the constant out (jit code reads no Python globals
 # other than constexprs)
 _LOG2E = 1.4426950408889634
@@ -321,7 +321,7 @@ def _blocks(s: int, n_kv: int, d: int, dtype: torch.dtype, backward: bool, preci
     block_n = min(cap, max(16, triton.next_power_of_2(n_kv)))  # <= block_m, as n_kv <= s
     wide = block_m > 16 or (backward and block_d >= 128)
     cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8 if wide else 4)
-    if backward:  # all keys in one block (every episode shape): delta from the tile, O not read
+    if backward:  # all keys in one block (bf16 5-way 5-shot at d64 too; not fp32 there): delta from the tile, O not read
         cfg["ONE_KV_BLOCK"] = n_kv <= block_n
     return cfg
 

@@ -417,6 +417,35 @@ def test_autotune_configs_and_pruning():
 
 
 # --------------------------------------------------------------------------- dispatcher
+@pytest.mark.parametrize("value,interprets", [("true", True), ("On", True), ("0", False), ("off", False)])
+def test_every_spelling_triton_takes_for_interpret_is_taken_by_the_kernels(value, interprets):
+    """Triton interprets for TRITON_INTERPRET=true as for =1; the kernels and the dispatcher read
+    only "1", so with =true bf16 attention ran the interpreter's wrong bf16 dot (errors of 8e8)
+    and OTAM timed 8 autotune configs on no GPU ("0 active drivers")."""
+    env = {**os.environ, "TRITON_INTERPRET": value, "CUDA_VISIBLE_DEVICES": ""}
+    script = textwrap.dedent("""
+        import torch
+        from hr2g import _dispatch, ops
+        from hr2g.kernels import otam, sample_attention
+        jit = type(otam._otam_fwd_kernel.fn).__name__  # Autotuner(JITFunction | InterpretedFunction)
+        print(_dispatch.interpret_requested(), otam._INTERPRET, sample_attention._INTERPRET, jit,
+              len(otam._configs()), _dispatch.triton_interpreting("sample_attention"))
+        if otam._INTERPRET:
+            q, k, v = (torch.randn(1, 2, 10, 64).bfloat16() for _ in range(3))
+            out = ops.sample_attention(q, k, v, 5, backend="triton").float()
+            ref = ops.sample_attention(q, k, v, 5, backend="torch").float()
+            print("err", float((out - ref).abs().max()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    flags = lines[0].split()
+    assert flags[:3] == [str(interprets)] * 3 and flags[5] == str(interprets), lines
+    assert flags[3] == ("InterpretedFunction" if interprets else "JITFunction") and flags[4] == ("1" if interprets else "8")
+    if interprets:  # bf16 rounding of the output: ~1e-2 at these magnitudes, not 8e8
+        assert float(lines[1].split()[1]) < 0.05, lines
+
+
 def test_triton_on_cpu_without_interpreter_refuses(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, s = torch.randn(1, 2, 4, 8), torch.randn(1, 3, 4, 8)
