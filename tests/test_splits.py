@@ -196,6 +196,27 @@ def test_flat_ssv2_layout(tmp_path):
     assert [p.name if p else None for p in got] == ["51958.webm", "7.mp4", "88", None]
 
 
+def test_one_file_found_by_two_entries_is_never_two_videos(tmp_path, caplog):
+    """In SSv2's flat folder "Pushing something/100" and "Pulling something/100" are both 100.webm:
+    one file could be an episode's support and its query, under two labels."""
+    from hr2g.data.benchmarks import BenchmarkDataset
+
+    flat = tmp_path / "20bn-something-something-v2"
+    flat.mkdir()
+    for vid in ("100", "101", "102"):
+        (flat / f"{vid}.webm").write_bytes(b"x")
+    clash = read_split(write(tmp_path / "trainlist03.txt", ["Pushing something/100", "Pulling something/101",
+                                                             "Pulling something/100"]))
+    with pytest.raises(ValueError, match=r"trainlist03.txt: '100' \(Pushing something\) and '100' \(Pulling "
+                                         r"something\) are the same file .*100.webm: a video under two classes$"):
+        BenchmarkDataset(tmp_path, clash, get_preset("ssv2_small"), decoder="pyav")
+    # one class naming a file twice (with and without its extension): the second is never drawn
+    twice = read_split(write(tmp_path / "testlist03.txt", ["Pushing/100", "Pushing/101", "Pushing/100.webm", "Pulling/102"]))
+    with caplog.at_level("WARNING", logger="hr2g"):
+        ds = BenchmarkDataset(tmp_path, twice, get_preset("ssv2_small"), decoder="pyav")
+    assert ds.unavailable == {2} and "1 entries find a file an earlier entry of their class found" in caplog.text
+
+
 def _ssv2_annotations(path: Path, entries: list[tuple[str, str]]) -> Path:
     import json
 

@@ -37,7 +37,8 @@ class VideoDataset(abc.ABC):
     class_names: list[str]
     #: per-video label, index into ``class_names``
     labels: np.ndarray
-    #: indices of listed videos known to be absent (not found on disk): episodes never draw them
+    #: indices of listed videos known to be absent (not found on disk, or a file an earlier entry
+    #: found): episodes never draw them
     unavailable: frozenset[int] = frozenset()
 
     def __len__(self) -> int:

@@ -87,6 +87,32 @@ def choose_decoder(decoder: str, device: torch.device | None = None) -> tuple[st
     return "dali", "decoder='auto': DALI and CUDA available, decoding on the GPU"
 
 
+def _same_file_again(split: Split, paths: list[Path | None]) -> frozenset[int]:
+    """Entries that find a file an earlier entry found: never drawn, so no episode has one file as
+    its support and its query.  A class/video list may name one id under two classes (two files in
+    class folders), but in SSv2's one flat folder ``Pushing something/100`` and ``Pulling
+    something/100`` are both 100.webm: that is refused, as a list naming a video under two classes is.
+    (They join the missing ones in ``unavailable``, so evaluate's ``missing_videos`` counts them.)"""
+    first: dict[Path, int] = {}
+    again = []
+    for i, path in enumerate(paths):
+        if path is None:
+            continue
+        j = first.setdefault(path, i)
+        if j == i:
+            continue
+        if split.labels[j] != split.labels[i]:
+            raise ValueError(f"{split.source or split.name + ' split'}: {split.videos[j]!r} ({split.class_names[split.labels[j]]}) "
+                             f"and {split.videos[i]!r} ({split.class_names[split.labels[i]]}) are the same file {path}: "
+                             "a video under two classes")
+        again.append(i)
+    if again:
+        log.warning("%s: %d entries find a file an earlier entry of their class found (%r and %r are %s): never drawn",
+                    split.source or split.name, len(again), split.videos[first[paths[again[0]]]], split.videos[again[0]],
+                    paths[again[0]])
+    return frozenset(again)
+
+
 def _require_root(root: Path) -> None:
     if not root.is_dir():
         where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
@@ -128,7 +154,7 @@ class BenchmarkDataset(VideoDataset):
         if not report.ok:
             log.warning("%s; the missing ones are never drawn (episodes use the videos found)", report.message())
         self.report = report  # what validate_root found: counts and missing entries
-        self.unavailable = frozenset(i for i, p in enumerate(self.paths) if p is None)
+        self.unavailable = frozenset(i for i, p in enumerate(self.paths) if p is None) | _same_file_again(split, self.paths)
         self.class_names = list(split.class_names)
         self.labels = split.labels
         self._meta: dict[int, VideoInfo | FrameFolderInfo] = {}  # probed once per video and process
