@@ -55,10 +55,17 @@ def interpret_requested() -> bool:
     value = os.environ.get("TRITON_INTERPRET")
     if value is None:
         return False
-    try:
-        from triton import knobs  # Triton >= 3.4: its own reading of the variable
-    except ImportError:  # no triton (nothing to interpret), or one without knobs
-        return value.strip().lower() in ("1", "true", "on", "yes", "y")
+    # every Triton since 3.0 takes these alike; they are read here without asking Triton, since
+    # torch.compile traces the dispatch and cannot trace Triton's C++ getenv_bool (a graph break)
+    word = value.lower()
+    if word in ("1", "true", "on"):
+        return True
+    if word in ("", "0", "false", "off"):
+        return False
+    try:  # "yes", "y", ...: 3.8 takes yes and y, older ones do not -- Triton's own reading decides
+        from triton import knobs
+    except ImportError:  # no triton (nothing to interpret), or one without knobs (< 3.4)
+        return False
     return bool(knobs.runtime.interpret)
 
 
