@@ -7,6 +7,7 @@ config; a resumed run continues with exactly the episodes it would have seen.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -159,6 +160,27 @@ def build_optim(model: HR2G, cfg: Config):
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.train.milestones), gamma=cfg.train.gamma)
     return opt, sched
+
+
+def apply_optim_changes(opt, sched, saved: Config, cfg: Config) -> list[str]:
+    """On resume, the optimizer and scheduler states loaded from the checkpoint carry its lr,
+    weight decay, milestones and gamma: ``--resume ... --set train.lr=0.05`` was logged as a
+    change and written to config.json, and the run went on at the old lr.  Puts ``cfg``'s values
+    into them where they differ (the lr where the schedule is now: lr x gamma^milestones passed)
+    and names what changed; untouched otherwise, so a plain resume stays bit for bit."""
+    new, old = cfg.train, saved.train
+    changed = [f"train.{k}" for k in ("lr", "weight_decay", "milestones", "gamma")
+               if (tuple if k == "milestones" else float)(getattr(new, k)) != (tuple if k == "milestones" else float)(getattr(old, k))]
+    if not changed:
+        return []
+    sched.milestones = collections.Counter(new.milestones)
+    sched.gamma = new.gamma
+    sched.base_lrs = [new.lr for _ in opt.param_groups]
+    lr = new.lr * new.gamma ** sum(m <= sched.last_epoch for m in new.milestones)  # last_epoch: epochs done
+    for group in opt.param_groups:
+        group.update(lr=lr, initial_lr=new.lr, weight_decay=new.weight_decay)
+    sched._last_lr = [lr for _ in opt.param_groups]
+    return changed
 
 
 def _rng_state() -> dict:
@@ -354,6 +376,8 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
             sched.load_state_dict(ckpt["scheduler"])
         except (ValueError, RuntimeError, KeyError) as exc:
             raise SetupError(f"checkpoint {str(path)!r}: its optimizer state does not fit this model ({exc})") from None
+        if applied := apply_optim_changes(opt, sched, saved, cfg):
+            log.info("resuming with %s as given (lr %.3g from here)", ", ".join(applied), opt.param_groups[0]["lr"])
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         failures = dict(ckpt.get("read_failures", {}))
         tally = EpochTally(**ckpt.get("epoch_tally", dataclasses.asdict(tally)))

@@ -1,5 +1,6 @@
 """``python -m hr2g.train`` / ``hr2g.evaluate`` as a user meets them: what --resume continues, run
 folders that are not clobbered, and mistakes reported before any work is done."""
+import csv
 import json
 
 import pytest
@@ -41,6 +42,20 @@ def test_resume_auto_keeps_the_checkpoint_settings_and_applies_the_flags_given(r
     assert cfg["model"]["backend"] == "auto" and cfg["data"]["frames"] == 4  # from the checkpoint
     assert cfg["train"]["epochs"] == 2 and cfg["train"]["lr"] == 5e-4  # from this command line
     assert cfg["train"]["episodes_per_epoch"] == 2
+
+
+def test_optimizer_settings_given_with_resume_are_applied(run):
+    """--resume --set train.lr=... was logged as a change and written to config.json, while the
+    optimizer and scheduler states loaded from the checkpoint kept the old lr, decay and milestones."""
+    train_cli.main(["--no-progress", "--out", str(run), "--resume", "auto", "--epochs", "3", "--set", "train.lr=0.05",
+                    "--set", "train.weight_decay=0.5", "--set", "train.milestones=2", "--set", "train.gamma=0.5"])
+    with open(run / "log.csv") as f:
+        lrs = [(int(r["epoch"]), float(r["lr"])) for r in csv.DictReader(f) if r["lr"]]
+    assert sorted(set(lrs)) == [(1, 1e-3), (2, 0.05), (3, 0.025)], lrs  # epoch 1 ran before (the tiny preset's lr); 3 is past milestone 2
+    state = checkpoint.load(run / "last.pt")
+    group, = state["optimizer"]["param_groups"]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (0.025, 0.05, 0.5)
+    assert dict(state["scheduler"]["milestones"]) == {2: 1} and state["scheduler"]["gamma"] == 0.5
 
 
 def test_resume_at_the_end_trains_nothing_and_says_so(run, caplog):
