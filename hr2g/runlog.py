@@ -50,13 +50,18 @@ def _step_scalars(loss: float, acc: float, lr: float, bank_filled: int, skipped:
             "train/skipped_videos": skipped}
 
 
-def _open_tensorboard(folder: Path, purge_step: int | None):
+def require_tensorboard():
+    """torch's SummaryWriter, or a one-line error naming the package to install."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:  # torch's module imports the tensorboard package
         raise SystemExit(f"error: train.tensorboard=true needs the tensorboard package ({exc}); "
                          "pip install tensorboard, or drop --tensorboard") from None
-    return SummaryWriter(str(folder), purge_step=purge_step)
+    return SummaryWriter
+
+
+def _open_tensorboard(folder: Path, purge_step: int | None):
+    return require_tensorboard()(str(folder), purge_step=purge_step)
 
 
 class RunLog:

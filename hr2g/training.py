@@ -35,7 +35,7 @@ from hr2g.distributed import (DistInfo, any_rank, barrier, episodes_per_rank, ga
                               shutdown)
 from hr2g.model.model import HR2G
 from hr2g.errors import SetupError
-from hr2g.runlog import RunLog
+from hr2g.runlog import RunLog, require_tensorboard
 from hr2g.stopping import StopSignals, TrainingStopped, position
 
 log = logging.getLogger("hr2g.train")
@@ -318,10 +318,6 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         hint = "--resume auto" if held.name == "last.pt" else f"--resume {held}"
         raise FileExistsError(f"{out} already holds a run ({held}): continue it with {hint}, start a "
                               "new one with another --out, or replace it with --overwrite")
-    if main and stale:  # a new run: the old run's checkpoints, lists and event files would pass for its own
-        log.info("starting a new run in %s: removing the previous run's %s", out, ", ".join(f.name for f in stale))
-        for f in stale:
-            f.unlink()
     if main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("resolved config:\n%s", cfg.dumps())
@@ -381,6 +377,14 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         start_epoch, start_step, best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         failures = dict(ckpt.get("read_failures", {}))
         tally = EpochTally(**ckpt.get("epoch_tally", dataclasses.asdict(tally)))
+    if main and cfg.train.tensorboard:
+        require_tensorboard()  # before the old run's files go
+    if main and stale:  # a new run: the old run's checkpoints, lists and event files would pass for its own
+        # only now, once every check passed: --overwrite --ways 20 (a split with 16 classes) deleted
+        # the old run's checkpoints and log, then was refused
+        log.info("starting a new run in %s: removing the previous run's %s", out, ", ".join(f.name for f in stale))
+        for f in stale:
+            f.unlink()
     if main:  # after the checkpoint fits: a refused --resume leaves the run's config.json as it was
         (out / "config.json").write_text(cfg.dumps())
     ddp = model

@@ -147,6 +147,15 @@ def test_overwrite_removes_the_previous_runs_files(run):
     assert len((run / "log.csv").read_text().splitlines()) == 2  # the header and this run's one epoch row
 
 
+def test_a_refused_overwrite_leaves_the_old_run_in_place(run):
+    """--overwrite deleted the old run's checkpoints and log before the new request was checked:
+    one with an episode shape the data cannot fill lost the old run and trained nothing."""
+    before = {f: (run / f).read_bytes() for f in ("last.pt", "best.pt", "log.csv", "config.json")}
+    with pytest.raises(SystemExit, match=r"^error: .*20-way"):
+        train_cli.main(TINY + ["--epochs", "1", "--out", str(run), "--overwrite", "--ways", "20"])
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+
 def test_evaluate_refuses_a_backend_that_cannot_run_before_encoding(run, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(SystemExit, match=r"^error: --backend triton: model.backend=triton cannot run otam_distance on cpu"):
