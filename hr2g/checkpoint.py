@@ -36,6 +36,7 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)  # the rename itself, or a power cut can bring the old name back
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -52,12 +53,30 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         raise err from exc
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system that cannot open folders: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """``path`` holds ``text`` or what it held before, never a part (logs, result tables)."""
+    """``path`` holds ``text`` or what it held before, never a part (logs, result tables), also
+    after a power cut (the file and the rename are synced)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    tmp.write_text(text, encoding="utf-8", newline="")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def write_csv_atomic(path: str | os.PathLike, fieldnames, rows, **writer_options) -> None:
@@ -79,11 +98,31 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
             pass
 
 
+# The lock files this process holds.  A forked child (a DataLoader's decoding worker) inherits
+# their descriptors, and an flock lasts while any copy is open: after a kill -9 the orphaned
+# workers held the folder for the ~5 s they take to notice, and a --resume at once was refused.
+# Every fork closes the child's copies (os.register_at_fork), so the lock goes with the run.
+_HELD: set = set()
+
+
+def _close_held_in_child() -> None:
+    for f in list(_HELD):
+        try:
+            f.close()  # the child's descriptor only: the parent's still holds the lock
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<folder>/.lock`` while a run writes there: two runs into one
     folder interleaved their checkpoints and one's log.csv rows went to a deleted file.  The lock
-    goes with the process (a killed run leaves none behind); a file system without flock (some
-    network mounts) runs unlocked, with a warning."""
+    goes with the process (a killed run leaves none behind, its forked workers hold none); a file
+    system without flock (some network mounts) runs unlocked, with a warning."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -112,10 +151,12 @@ class RunLock:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self._file = f
+        _HELD.add(f)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            _HELD.discard(self._file)
             self._file.close()  # releases the lock
             self._file = None
 
@@ -132,7 +173,7 @@ def _check_crcs(path: Path) -> None:
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {first})") from exc
     if bad is not None:
         raise ValueError(f"checkpoint {str(path)!r} is corrupt: its entry {bad!r} fails its CRC check (a damaged copy "
-                         "or disk); use another checkpoint of the run (last.pt / best.pt / an epoch's)")
+                         "or disk); use another checkpoint of the run (its best.pt or last.pt)")
 
 
 def load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hr2g import _dispatch
-from hr2g.checkpoint import RunLock, config_of, load, load_weights, remove_stale_temporaries, save_atomic
+from hr2g.checkpoint import RunLock, config_of, load, load_weights, remove_stale_temporaries, save_atomic, write_text_atomic
 from hr2g.config import Config
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
@@ -290,7 +290,10 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         if resume == "auto" and not path.exists():
             log.info("--resume auto: no %s yet, starting fresh", path)
         else:
-            ckpt = load(path)
+            try:  # a damaged file (its CRCs, checked by the full load only) is one error line
+                ckpt = load(path)
+            except ValueError as exc:
+                raise SetupError(f"--resume: {exc}") from None
             need = [k for k in ("epoch", "step", "best_val", "optimizer", "scheduler") if k not in ckpt]
             if need:
                 raise SetupError(f"checkpoint {str(path)!r} has no {', '.join(need)}: not a training checkpoint "
@@ -386,7 +389,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         for f in stale:
             f.unlink()
     if main:  # after the checkpoint fits: a refused --resume leaves the run's config.json as it was
-        (out / "config.json").write_text(cfg.dumps())
+        write_text_atomic(out / "config.json", cfg.dumps())  # whole or as it was, as every result file
     ddp = model
     if dist_info.enabled:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

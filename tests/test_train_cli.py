@@ -251,6 +251,23 @@ def test_resume_with_settings_that_change_the_model_is_refused_and_leaves_the_ru
     assert (run / "config.json").read_text() == before and (run / "log.csv").read_text() == log_before
 
 
+def test_resume_from_a_damaged_checkpoint_is_one_error_line(run):
+    """Its CRCs are checked by the full load only, after the quick look at its config: the
+    ValueError came out of train() as a traceback (evaluate said it in one line)."""
+    import zipfile
+
+    data = bytearray((run / "last.pt").read_bytes())
+    with zipfile.ZipFile(run / "last.pt") as archive:
+        entry = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor's storage
+    at = entry.header_offset  # local header: 30 bytes, then its name and extra field
+    start = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")
+    data[start + 100:start + 120] = bytes(255 - b for b in data[start + 100:start + 120])
+    (run / "last.pt").write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match=r"^error: --resume: checkpoint .*last.pt' is corrupt: .* fails its CRC check "
+                                         r".*\(its best.pt or last.pt\)$"):
+        train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--epochs", "2"])
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["config"]["model"].update(bogus_field=1), r"its config does not load in this version of hr2g \(.*bogus_field"),
     (lambda c: c["model"].pop("ikt.bank_filled"), r"its weights do not fit .*: 1 missing \(ikt.bank_filled\)"),

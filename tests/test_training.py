@@ -1,5 +1,6 @@
 """Training, checkpointing, evaluation and CLI behaviour on the tiny config (CPU, seconds)."""
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -501,6 +502,38 @@ def test_unreadable_videos_do_not_make_the_run_depend_on_workers_or_resuming(tmp
                   (run("resumed", 2, 1), checkpoint.load(run("resumed", 0, 2, resume="auto")["last"])["model"])[1]):
         for k in base:
             assert torch.equal(base[k], other[k]), k
+
+
+def test_a_killed_runs_forked_workers_do_not_hold_its_folder(tmp_path):
+    """An flock lasts while any copy of its descriptor is open: the decoding workers a run forked
+    held its folder after a kill -9 until they noticed (~5 s), and a --resume at once was refused."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from hr2g.checkpoint import RunLock
+
+    script = textwrap.dedent(f"""
+        import multiprocessing, os, time
+        from hr2g.checkpoint import RunLock
+        with RunLock({str(tmp_path)!r}):
+            worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+            worker.start()
+            print(worker.pid, flush=True)
+            os.kill(os.getpid(), 9)
+    """)
+    # Popen and one line read, not run(): the worker inherits the pipe and would keep it open
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    try:
+        os.kill(worker, 0)  # the orphaned worker still lives ...
+        with RunLock(tmp_path):  # ... and holds no lock
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        proc.stdout.close()
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
