@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -313,6 +314,11 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
             if changed and main:
                 log.warning("resuming %s with settings that differ from its checkpoint's: %s", path, "; ".join(changed))
             log.info("resuming from %s (%s)", path, position(ckpt["epoch"], ckpt["step"]))
+    elsewhere = ckpt is not None and out.resolve() != path.parent.resolve()  # --resume A/last.pt --out B
+    if elsewhere and (theirs := next((out / f for f in ("last.pt", "best.pt") if (out / f).exists()), None)):
+        # B's checkpoints were replaced and its log.csv got A's rows after its own
+        raise FileExistsError(f"--resume {path} --out {out}: {out} already holds another run ({theirs}): continue "
+                              f"that one with --resume {theirs}, or give an --out that holds no run")
     stale = []  # a new run: what an earlier run left in the folder (none when resuming)
     if ckpt is None:
         stale = [out / f for f in RUN_FILES if (out / f).exists()] + sorted((out / "tb").glob("events.out.tfevents.*"))
@@ -399,6 +405,8 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
 
     steps = cfg.train.episodes_per_epoch
     runlog = None
+    if main and elsewhere and not (out / "log.csv").exists() and (path.parent / "log.csv").exists():
+        shutil.copyfile(path.parent / "log.csv", out / "log.csv")  # the run's history so far (cut at the checkpoint below)
     if main:
         runlog = RunLog(out, steps, None if ckpt is None else start_epoch * steps + start_step, cfg.train.tensorboard,
                         mid_epoch=start_step > 0)

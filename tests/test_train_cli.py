@@ -36,6 +36,22 @@ def test_resume_from_a_path_continues_in_that_folder_with_its_settings(run, tmp_
     assert checkpoint.load(run / "last.pt")["epoch"] == 2
 
 
+def test_resume_into_another_folder_carries_the_log_and_never_replaces_a_run_there(run, tmp_path):
+    """--resume A/last.pt --out B replaced B's checkpoints without --overwrite, and B's log.csv got
+    A's rows after its own; into an empty B the log started at the checkpoint."""
+    a_log, a_last = (run / "log.csv").read_text(), (run / "last.pt").read_bytes()
+    train_cli.main(["--no-progress", "--resume", str(run / "last.pt"), "--out", str(tmp_path / "copy"), "--epochs", "2"])
+    rows = (tmp_path / "copy" / "log.csv").read_text().splitlines()
+    assert rows[: len(a_log.splitlines())] == a_log.splitlines() and len(rows) > len(a_log.splitlines())
+    assert checkpoint.load(tmp_path / "copy" / "last.pt")["epoch"] == 2
+    assert (run / "log.csv").read_text() == a_log and (run / "last.pt").read_bytes() == a_last  # A untouched
+    b_last = (tmp_path / "copy" / "last.pt").read_bytes()
+    with pytest.raises(SystemExit, match=r"^error: --resume .*run/last.pt --out .*copy: .*copy already holds another "
+                                         r"run \(.*copy/last.pt\): continue that one with --resume"):
+        train_cli.main(["--no-progress", "--resume", str(run / "last.pt"), "--out", str(tmp_path / "copy"), "--epochs", "3"])
+    assert (tmp_path / "copy" / "last.pt").read_bytes() == b_last
+
+
 def test_resume_auto_keeps_the_checkpoint_settings_and_applies_the_flags_given(run):
     train_cli.main(["--no-progress", "--out", str(run), "--resume", "auto", "--epochs", "2", "--set", "train.lr=5e-4"])
     cfg = _config(run)
