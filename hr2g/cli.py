@@ -56,7 +56,11 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     elif args.config:
         try:
             with open(args.config) as f:
-                cfg = Config.from_dict(json.load(f))
+                data = json.load(f)
+            if not isinstance(data, dict):  # Config.from_dict(a list) was an AttributeError traceback
+                raise ValueError(f"expected a JSON object of sections (as hr2g.train writes to <out_dir>/config.json), "
+                                 f"got {type(data).__name__}")
+            cfg = Config.from_dict(data)
         except OSError as exc:
             raise SystemExit(f"error: --config {args.config}: {exc.strerror or exc}") from None
         except json.JSONDecodeError as exc:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
 import sys
 from pathlib import Path
@@ -47,7 +49,23 @@ def resume_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, str | 
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: --resume: {exc}") from None
     base.train.out_dir = str(path.parent)  # --out (in args.overrides) still wins
-    return config_from_args(args, base=base), str(path)
+    resumed = config_from_args(args, base=base)
+    named = [f"--{k} {getattr(args, k)}" for k in ("preset", "config") if getattr(args, k)]
+    ignored = [d for d in _with_absolute_paths(cfg).diff(_with_absolute_paths(resumed)) if not d.startswith("train.out_dir:")]
+    if named and ignored:  # silently, --config e5.json (epochs: 5) said "nothing to train"
+        logging.getLogger("hr2g.train").warning(
+            "%s: not applied, a resumed run keeps its checkpoint's settings (with the flags and --set given): %s differ "
+            "(theirs -> the run's); pass changes as flags or --set", " ".join(named), "; ".join(ignored))
+    return resumed, str(path)
+
+
+def _with_absolute_paths(cfg: Config) -> Config:
+    """A copy with data_root / split_dir absolute, as a run stores them (relative ones differ in text only)."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("data_root", "split_dir"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
+    return cfg
 
 
 def main(argv=None) -> dict:

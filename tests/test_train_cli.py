@@ -52,6 +52,24 @@ def test_resume_into_another_folder_carries_the_log_and_never_replaces_a_run_the
     assert (tmp_path / "copy" / "last.pt").read_bytes() == b_last
 
 
+def test_a_config_or_preset_given_with_resume_is_said_to_be_not_applied(run, tmp_path, caplog):
+    """--resume auto --config e5.json (epochs: 5) said "nothing to train" and nothing else."""
+    cfg = _config(run)
+    cfg["train"]["epochs"] = 5
+    (tmp_path / "e5.json").write_text(json.dumps(cfg))
+    train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--config", str(tmp_path / "e5.json")])
+    assert "--config " in caplog.text and "not applied, a resumed run keeps its checkpoint's settings" in caplog.text
+    assert "train.epochs: 5 -> 1" in caplog.text and _config(run)["train"]["epochs"] == 1
+    caplog.clear()  # the same settings again (start-or-continue in a job script): nothing to say
+    cfg["train"]["epochs"] = 1
+    (tmp_path / "same.json").write_text(json.dumps(cfg))
+    train_cli.main(["--no-progress", "--resume", "auto", "--out", str(run), "--config", str(tmp_path / "same.json")])
+    assert "not applied" not in caplog.text
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"^error: --config .*list.json: expected a JSON object of sections .*got list$"):
+        train_cli.main(["--no-progress", "--config", str(tmp_path / "list.json"), "--out", str(tmp_path / "new")])
+
+
 def test_resume_auto_keeps_the_checkpoint_settings_and_applies_the_flags_given(run):
     train_cli.main(["--no-progress", "--out", str(run), "--resume", "auto", "--epochs", "2", "--set", "train.lr=5e-4"])
     cfg = _config(run)
