@@ -66,3 +66,48 @@ class StopSignals:
         again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
         os.write(2, f"\nhr2g.train: {signal.Signals(signum).name} received: finishing this step, then saving a "
                     f"checkpoint{again}\n".encode())
+
+
+class FinalTestSkipped(KeyboardInterrupt):
+    """A signal during the last epoch's validation or the final test: training is finished and
+    saved, the final test was skipped or cut short.  (The first used to be taken for a stop and
+    then ignored -- the whole test ran and the run exited 0; the second ended the process.)"""
+
+    def __init__(self, signal_name: str, checkpoint: str, during_test: bool):
+        what = "cut short" if during_test else "skipped"
+        super().__init__(f"{signal_name}: training finished and saved; the final test was {what}: run it with "
+                         f"python -m hr2g.evaluate --checkpoint {checkpoint}")
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """Raised by :class:`InterruptOnSignal` at the first SIGINT / SIGTERM."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class InterruptOnSignal:
+    """While active, the first SIGINT or SIGTERM raises :class:`SignalInterrupt` at once: for work
+    with nothing to save midway (the final test).  Main thread only, as :class:`StopSignals`."""
+
+    def __init__(self) -> None:
+        self._previous: dict = {}
+        self._owner: int | None = None
+
+    def __enter__(self) -> "InterruptOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._owner = os.getpid()
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._owner:  # a forked worker: its parent decides
+            return
+        raise SignalInterrupt(signal.Signals(signum).name)

@@ -94,11 +94,14 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {exc}") from None
     from hr2g.checkpoint import CheckpointWriteError
     from hr2g.errors import SetupError
-    from hr2g.stopping import TrainingStopped
+    from hr2g.stopping import FinalTestSkipped, TrainingStopped
     from hr2g.training import train  # heavy imports after argument errors are reported
 
     try:
         return train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
+    except FinalTestSkipped as stop:  # training done and saved: nothing to resume
+        print(f"hr2g.train: {stop}", file=sys.stderr)
+        raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
     except TrainingStopped as stop:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
@@ -109,8 +112,9 @@ def main(argv=None) -> dict:
         last = Path(cfg.train.out_dir) / "last.pt"
         then = f"; continue from the last checkpoint with: python -m hr2g.train --resume {last}" if last.exists() else \
             " (no checkpoint was written yet)"
-        print(f"hr2g.train: stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost{then}",
-              file=sys.stderr)
+        # a second Ctrl-C in a step, or the first one before training began (setup: nothing lost)
+        print(f"hr2g.train: stopped at once (Ctrl-C twice, or before training began): the steps since the last "
+              f"checkpoint, if any, are lost{then}", file=sys.stderr)
         raise SystemExit(130) from None
     except (FileExistsError, FileNotFoundError, NotADirectoryError, SetupError, CheckpointWriteError) as exc:
         # a run folder in the way or in use, data not found, an episode shape / backend / weights

@@ -37,7 +37,7 @@ from hr2g.distributed import (DistInfo, any_rank, barrier, episodes_per_rank, ga
 from hr2g.model.model import HR2G
 from hr2g.errors import SetupError
 from hr2g.runlog import RunLog, require_tensorboard
-from hr2g.stopping import StopSignals, TrainingStopped, position
+from hr2g.stopping import FinalTestSkipped, InterruptOnSignal, SignalInterrupt, StopSignals, TrainingStopped, position
 
 log = logging.getLogger("hr2g.train")
 
@@ -430,6 +430,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         runlog.restore_step_row(start_epoch, start_step, np.mean(tally.loss[-n_log:]), np.mean(tally.acc[-n_log:]),
                                 sched.get_last_lr()[0], bank_filled(), len(failures))
     warned_exhausted: set[str] = set()
+    stopped = None  # the signal received in the last epoch's validation, if one was
     try:
         with StopSignals() as stop:
             for epoch in range(start_epoch, cfg.train.epochs):
@@ -496,8 +497,10 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                                      bank_filled(), len(failures), time.time() - t0, val_acc)
                 tally.loss, tally.acc = [], []
                 checkpoint("last.pt", epoch + 1, 0)
-                if any_rank(stop.received is not None, dist_info, device) and epoch + 1 < cfg.train.epochs:
-                    _stop(checkpoint, epoch + 1, 0, stop, out, dist_info, saved=True)
+                if any_rank(stop.received is not None, dist_info, device):
+                    if epoch + 1 < cfg.train.epochs:
+                        _stop(checkpoint, epoch + 1, 0, stop, out, dist_info, saved=True)
+                    stopped = stop.received or "signal on another rank"  # in the last validation: no final test
     finally:
         if runlog is not None:
             runlog.close()
@@ -509,11 +512,19 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                "seconds": time.time() - t0, "world_size": dist_info.world, "bank_digest": bank_digest(model)}
     if main and failures:
         log.warning("%d unreadable videos were skipped during training: %s", len(failures), ", ".join(list(failures)[:5]))
-    res = None
-    if test_set is not None:
+    res, cut = None, None
+    if stopped is not None and test_set is not None:
+        summary["test_accuracy"] = None
+        log.warning("no final test: %s received during the last validation", stopped)
+    elif test_set is not None:
         try:
-            res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
-                                 k_shot=cfg.data.k_shot, progress=False, split="test")
+            with InterruptOnSignal():  # nothing to save midway: the first signal ends it
+                res = evaluate_model(model, test_set, cfg, episodes=cfg.train.test_episodes, seed=cfg.eval.seed,
+                                     k_shot=cfg.data.k_shot, progress=False, split="test")
+        except SignalInterrupt as exc:
+            cut = exc.signal_name
+            summary["test_accuracy"] = None
+            log.warning("final test cut short by %s", cut)
         except NoEpisodesLeft as exc:  # the trained model is saved; say why there is no test figure
             eval_skipped.update(exc.skipped_videos)
             summary["test_accuracy"] = None
@@ -531,4 +542,6 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
         log.info("done in %.0f s: %s", summary["seconds"], json.dumps(summary))
     barrier(dist_info)
     shutdown(dist_info)
+    if test_set is not None and (stopped or cut):  # a test was due: the exit status says a signal ended the run
+        raise FinalTestSkipped(cut or stopped, summary["best"] or summary["last"], during_test=cut is not None)
     return summary

@@ -95,6 +95,33 @@ def test_a_signal_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tm
     assert f"stopped {where}," in str(stop.value) and f"last.pt ({where})" in caplog.text
 
 
+@pytest.mark.parametrize("during", ["last validation", "final test"])
+def test_a_signal_after_the_last_step_skips_or_cuts_the_final_test_and_says_so(tmp_path, monkeypatch, uninterrupted,
+                                                                               during):
+    """A signal in the last epoch's validation was taken for a stop, then ignored: the whole final
+    test ran and the run exited 0.  One in the final test ended the process (SIGTERM) or was
+    reported as a second Ctrl-C."""
+    from hr2g import evaluation
+
+    cfg = _cfg(tmp_path)
+    cfg.train.test_episodes = 40
+    real, calls = evaluation.evaluate_model, []
+
+    def evaluate(*args, split, **kwargs):  # the last validation is call EPOCHS; the final test the next
+        calls.append(split)
+        if (during == "last validation" and len(calls) == EPOCHS) or (during == "final test" and split == "test"):
+            os.kill(os.getpid(), signal.SIGTERM)  # in the middle of it, as far as the caller can tell
+        return real(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", evaluate)  # train() imports it at call time
+    with pytest.raises(stopping.FinalTestSkipped, match=r"^SIGTERM: training finished and saved; the final test was "
+                       rf"{'skipped' if during == 'last validation' else 'cut short'}: run it with python -m hr2g.evaluate "
+                       r"--checkpoint .*best.pt$"):
+        training.train(cfg, progress=False)
+    assert calls == ["val"] * EPOCHS + ([] if during == "last validation" else ["test"])
+    _assert_same_run(uninterrupted[0].train.out_dir, cfg.train.out_dir)  # the training itself is whole
+
+
 def test_a_crash_loses_only_the_steps_since_the_last_checkpoint_and_the_log_is_rewound(tmp_path, monkeypatch, uninterrupted):
     whole_cfg, _ = uninterrupted
     cfg = _cfg(tmp_path, tensorboard=_has_tensorboard())

@@ -164,7 +164,7 @@ def test_a_second_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as exc:
         train_cli.main(TINY + ["--out", "run"])
     err = capsys.readouterr().err
-    assert exc.value.code == 130 and "stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost" in err
+    assert exc.value.code == 130 and "stopped at once (Ctrl-C twice, or before training began): the steps since the last checkpoint, if any, are lost" in err
     assert ("--resume run/last.pt" in err) == checkpointed and ("no checkpoint was written yet" in err) != checkpointed
 
 
