@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -326,3 +327,12 @@ def set_field(cfg: Config, dotted: str, raw) -> None:
         setattr(part, name, _coerce(hints[name], raw))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{dotted}={raw!r}: cannot convert to {hints[name]}: {exc}") from None
+
+
+def absolute_data_paths(cfg: Config) -> Config:
+    """``cfg.data``'s data_root and split_dir made absolute, in place: a run stores them so, since
+    evaluate / --resume / ablate may run from another folder (and compare configurations)."""
+    for key in ("data_root", "split_dir"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
+    return cfg

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from hr2g.cli import add_config_args, config_from_args, setup_logging, writable_dir
-from hr2g.config import Config
+from hr2g.config import Config, absolute_data_paths
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,21 +51,14 @@ def resume_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, str | 
     base.train.out_dir = str(path.parent)  # --out (in args.overrides) still wins
     resumed = config_from_args(args, base=base)
     named = [f"--{k} {getattr(args, k)}" for k in ("preset", "config") if getattr(args, k)]
-    ignored = [d for d in _with_absolute_paths(cfg).diff(_with_absolute_paths(resumed)) if not d.startswith("train.out_dir:")]
+    # data paths as a run stores them, absolute: relative ones differ in text only
+    ignored = [d for d in absolute_data_paths(copy.deepcopy(cfg)).diff(absolute_data_paths(copy.deepcopy(resumed)))
+               if not d.startswith("train.out_dir:")]
     if named and ignored:  # silently, --config e5.json (epochs: 5) said "nothing to train"
         logging.getLogger("hr2g.train").warning(
             "%s: not applied, a resumed run keeps its checkpoint's settings (with the flags and --set given): %s differ "
             "(theirs -> the run's); pass changes as flags or --set", " ".join(named), "; ".join(ignored))
     return resumed, str(path)
-
-
-def _with_absolute_paths(cfg: Config) -> Config:
-    """A copy with data_root / split_dir absolute, as a run stores them (relative ones differ in text only)."""
-    cfg = copy.deepcopy(cfg)
-    for key in ("data_root", "split_dir"):
-        if getattr(cfg.data, key):
-            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
-    return cfg
 
 
 def main(argv=None) -> dict:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from hr2g import _dispatch
 from hr2g.checkpoint import RunLock, config_of, load, load_weights, remove_stale_temporaries, save_atomic, write_text_atomic
-from hr2g.config import Config
+from hr2g.config import Config, absolute_data_paths  # noqa: F401 (ablate takes it from here)
 from hr2g.data.build import build_dataset
 from hr2g.data.episodes import Episode, EpisodeSampler
 from hr2g.data.loader import EpisodeStream, episode_loader
@@ -234,15 +233,6 @@ def _stop(checkpoint, epoch: int, step: int, stop: StopSignals, out: Path, dist_
         checkpoint("last.pt", epoch, step)
     shutdown(dist_info)
     raise TrainingStopped(stop.received or "signal on another rank", str(out / "last.pt"), epoch, step)
-
-
-def absolute_data_paths(cfg: Config) -> Config:
-    """``cfg.data``'s data_root and split_dir made absolute, in place: a run stores them so, since
-    evaluate / --resume / ablate may run from another folder (and compare configurations)."""
-    for key in ("data_root", "split_dir"):
-        if getattr(cfg.data, key):
-            setattr(cfg.data, key, os.path.abspath(getattr(cfg.data, key)))
-    return cfg
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
