@@ -28,17 +28,15 @@ class TrainingStopped(KeyboardInterrupt):
         self.signal_name, self.checkpoint, self.epoch, self.step = signal_name, checkpoint, epoch, step
 
 
-class StopSignals:
-    """While active, SIGINT/SIGTERM are recorded in ``received`` (the first one's name) instead of
-    ending the process.  Signal handlers can only be installed from the main thread; elsewhere this
-    records nothing and signals keep their usual effect."""
+class _SignalHandlers:
+    """While active, SIGINT/SIGTERM go to ``_handle``.  Signal handlers can only be installed from
+    the main thread; elsewhere nothing is installed and signals keep their usual effect."""
 
     def __init__(self) -> None:
-        self.received: str | None = None
         self._previous: dict = {}
         self._owner: int | None = None
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._owner = os.getpid()
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
@@ -51,6 +49,18 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+
+class StopSignals(_SignalHandlers):
+    """While active, SIGINT/SIGTERM are recorded in ``received`` (the first one's name) instead of
+    ending the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: str | None = None
 
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._owner:
@@ -88,24 +98,9 @@ class SignalInterrupt(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
-class InterruptOnSignal:
+class InterruptOnSignal(_SignalHandlers):
     """While active, the first SIGINT or SIGTERM raises :class:`SignalInterrupt` at once: for work
     with nothing to save midway (the final test).  Main thread only, as :class:`StopSignals`."""
-
-    def __init__(self) -> None:
-        self._previous: dict = {}
-        self._owner: int | None = None
-
-    def __enter__(self) -> "InterruptOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._owner = os.getpid()
-            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._owner:  # a forked worker: its parent decides
