@@ -53,14 +53,15 @@ WORKLOADS = {
 PROVIDERS = ("triton", "torch", "torch_compile", "pysdtw")
 
 
-def _work(w: Workload, elem_bytes: int) -> dict:
+def _work(w: Workload, elem_bytes: int, provider: str) -> dict:
     """Explicit counts: model FLOPs of the cosine distances' dot products (the backward's two
     contractions, for d query and d support, are twice the forward's; the Triton kernel's
     recompute of the forward is not counted, as in the attention benchmark), DP cells over both
-    directions, and input bytes read once."""
+    directions (OTAM's T x (T + 2) with its padding columns; pysdtw's soft-DTW T x T), and input
+    bytes read once."""
     t, c = w.frames, w.channels
     dot_flops = w.pairs * 2 * t * t * c
-    return dict(pairs=w.pairs, dp_cells=w.pairs * 2 * t * (t + 2),
+    return dict(pairs=w.pairs, dp_cells=w.pairs * 2 * t * (t if provider == "pysdtw" else t + 2),
                 flops=dot_flops * (3 if w.backward else 1),
                 nbytes=w.episodes * (w.queries + w.supports) * t * c * elem_bytes + w.pairs * 4)
 
@@ -138,7 +139,7 @@ def test_bench_otam(run_bench, device, workload, provider):
         for name, a, b in zip(("distance", "d query", "d support"), got, want):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{provider} {name}: {m}")
 
-    work = _work(w, q.element_size())
+    work = _work(w, q.element_size(), provider)
     out = run_bench(lambda: _step(fn, q, s, grad, w.backward), flops=work["flops"], nbytes=work["nbytes"],
                     workload=workload, provider=provider, lam=LAM, episodes=w.episodes, queries=w.queries,
                     supports=w.supports, frames=w.frames, channels=w.channels, backward=w.backward,
