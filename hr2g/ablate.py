@@ -306,13 +306,20 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fresh: set[Path] = set()
+    from hr2g.checkpoint import CheckpointWriteError
+    from hr2g.errors import SetupError
     from hr2g.stopping import TrainingStopped
 
     for name in args.study:
         for variant in STUDIES[name].variants:
             try:
                 run_variant(base, STUDIES[name], variant, out, episodes, args.rerun, fresh, not args.no_progress)
-            except ValueError as exc:
+            except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, SetupError,
+                    CheckpointWriteError) as exc:
+                # what hr2g.train reports in one line (a data root not there, a full disk): it came out
+                # of ablate as a traceback
+                if args.verbose:
+                    raise
                 raise SystemExit(f"error: {name}/{variant.name}: {exc}") from None
             except TrainingStopped as stop:  # as hr2g.train: one line, the shell's code for the signal
                 write_tables(out)

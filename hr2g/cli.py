@@ -18,6 +18,18 @@ def _device_arg(text: str) -> str:
     return text
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: numpy's generators take integers >= 0 only (-1 failed deep inside with "expected
+    non-negative integer", naming no flag, or as a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: a seed is an integer >= 0")
+    return value
+
+
 def add_device_arg(p: argparse.ArgumentParser, default: str | None) -> None:
     """Every command's ``--device``: auto, cpu, cuda or cuda:N."""
     p.add_argument("--device", default=default, type=_device_arg, help=f"where to run: {DEVICE_HELP}")
@@ -104,10 +116,14 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("hr2g").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def writable_file(flag: str, path: str | os.PathLike) -> Path:
+def writable_file(flag: str, path: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """``path`` for an output file, its folder created; exits naming ``flag`` if it cannot be
-    written -- checked (by opening it) before the work that produces it, not after."""
+    written -- checked (by opening it) before the work that produces it, not after -- or if it is
+    one of ``inputs`` (flag -> path: ``evaluate --json`` given the checkpoint replaced it with JSON)."""
     path = Path(path)
+    for other, given in (inputs or {}).items():
+        if given is not None and path.resolve() == Path(given).resolve():
+            raise SystemExit(f"error: {flag} {str(path)!r} is the {other} file: it would be overwritten; pick another path")
     if path.is_dir():
         raise SystemExit(f"error: {flag}: {str(path)!r} is a folder, expected a file path")
     existed = path.exists()

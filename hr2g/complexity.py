@@ -365,7 +365,7 @@ def main(argv=None) -> dict:
 
     setup_logging()
     if args.json:
-        writable_file("--json", args.json)  # before the measurement, not after it
+        writable_file("--json", args.json, {"--checkpoint": args.checkpoint})  # before the measurement, not after it
     device = resolve_device(args.device)
     model, cfg = build(args, device)
     frames = args.frames or cfg.data.frames

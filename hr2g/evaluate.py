@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from hr2g.cli import seed_arg
+
 log = logging.getLogger("hr2g.evaluate")
 
 
@@ -24,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ways", type=int, default=None, help="N, classes per episode (default: the checkpoint's)")
     p.add_argument("--queries", type=int, default=None, help="queries per class (default: data.test_q_query)")
     p.add_argument("--episodes", type=int, default=None, help="number of test episodes (default: eval.episodes, 10000)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the episode list (default: eval.seed)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="seed of the episode list (default: eval.seed)")
     p.add_argument("--batch-episodes", type=int, default=None, help="episodes per batched head call")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
@@ -44,7 +46,7 @@ def main(argv=None) -> list[dict]:
     if bad := [k for k in args.shots if k < 1]:
         raise SystemExit(f"error: --shots expects integers >= 1, got {bad}")
     if args.json:
-        writable_file("--json", args.json)  # before the evaluation, not after it
+        writable_file("--json", args.json, {"--checkpoint": args.checkpoint})  # before the evaluation, not after it
     model, cfg, device = load_trained(args)
     for flag, field, value in (("--ways", "data.n_way", args.ways), ("--queries", "data.test_q_query", args.queries),
                                ("--episodes", "eval.episodes", args.episodes),

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hr2g.cli import seed_arg
 from hr2g.runlog import complete_row, row_positions
 
 log = logging.getLogger("hr2g.plots")
@@ -441,7 +442,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_checkpoint_args(h)
     add_data_args(h)
     h.add_argument("--episode", type=int, default=0, help="index in the seeded evaluation episode list (default 0)")
-    h.add_argument("--seed", type=int, default=None, help="seed of the episode list (default: eval.seed, as hr2g.evaluate)")
+    h.add_argument("--seed", type=seed_arg, default=None, help="seed of the episode list (default: eval.seed, as hr2g.evaluate)")
     h.add_argument("--ways", type=int, default=None, help="N (default: the checkpoint's data.n_way)")
     h.add_argument("--shots", type=int, default=1, help="K (default 1)")
     h.add_argument("--queries", type=int, default=1, help="queries per class (default 1)")
@@ -457,7 +458,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="per-video feature: mean over frames of the encoder output or of the temporal Transformer output")
     t.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30; capped at (n-1)/3)")
     t.add_argument("--iters", type=int, default=1000, help="t-SNE gradient steps (default 1000)")
-    t.add_argument("--seed", type=int, default=0, help="seeds the class and video choice and the t-SNE init")
+    t.add_argument("--seed", type=seed_arg, default=0, help="seeds the class and video choice and the t-SNE init")
     t.add_argument("--out", default=None, help="PNG to write (default: <checkpoint folder>/plots/tsne.png)")
     c = sub.add_parser("curves", help="training curves from <out_dir>/log.csv")
     c.add_argument("--run", required=True, help="training output folder (or its log.csv)")

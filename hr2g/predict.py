@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hr2g.cli import seed_arg
 from hr2g.evaluation import require_finite_logits
 from hr2g.model.model import HR2G
 
@@ -154,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unequal", default="error", choices=("error", "subsample"),
                    help="classes with different clip counts: stop (default), or average --draws episodes with K = the smallest count")
     p.add_argument("--draws", type=int, default=10, help="episodes averaged with --unequal subsample (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --unequal subsample draws")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the --unequal subsample draws")
     p.add_argument("--decoder", default=None, choices=("auto", "dali", "pyav"), help="video decoder (default: the checkpoint's data.decoder)")
     p.add_argument("--top", type=int, default=5, help="classes listed per query in the text output (default 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON instead of text")

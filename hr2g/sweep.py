@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hr2g.cli import seed_arg
 from hr2g.config import Config
 from hr2g.data.base import VideoDataset
 from hr2g.data.episodes import EpisodeSampler
@@ -151,7 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="K values, supports per class (default: 1 2 3 4 5)")
     p.add_argument("--queries", type=int, default=None, help="queries per class (default: data.test_q_query)")
     p.add_argument("--episodes", type=int, default=None, help="episodes per grid point (default: eval.episodes)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the episode lists (default: eval.seed)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="seed of the episode lists (default: eval.seed)")
     p.add_argument("--batch-episodes", type=int, default=None, help="episodes per batched head call (default: eval.batch_episodes)")
     p.add_argument("--out", default=None, help="folder for sweep.csv / .json / .md (default: <checkpoint folder>/sweep)")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")

@@ -153,3 +153,11 @@ def test_ctrl_c_stops_with_one_line_and_the_signal_exit_code(tmp_path, monkeypat
     assert exc.value.code == 143 and "Traceback" not in err
     assert "hr2g.ablate: table4/baseline: SIGTERM: stopped after step 5 of epoch 1" in err
     assert "the same command continues it" in err and (tmp_path / "results.csv").exists()
+
+
+def test_what_train_reports_in_one_line_ablate_does_too(tmp_path):
+    """A data root that is not there came out of ablate as a FileNotFoundError traceback; hr2g.train
+    says it in one line."""
+    with pytest.raises(SystemExit, match=r"^error: table10/[\w-]+: data root .*nonexistent does not exist or is not a folder"):
+        ablate.main(["--study", "table10", "--out", str(tmp_path / "abl"), "--dataset", "hmdb51", "--data-root",
+                     str(tmp_path / "nonexistent")] + TINY)

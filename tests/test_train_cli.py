@@ -254,11 +254,29 @@ def test_a_model_wide_backend_applies_where_an_op_has_it(tmp_path):
     (["--ways", "1"], r"--ways: data.n_way=1 is outside"),
     (["--shots", "0", "1"], r"--shots expects integers >= 1, got \[0\]"),
     (["--json", "afile/x.json"], r"--json: cannot write 'afile/x.json'"),
+    # the checkpoint itself, by another spelling: it was replaced with the JSON rows
+    (["--json", "run/../run/last.pt"], r"^error: --json 'run/../run/last.pt' is the --checkpoint file: it would be overwritten"),
 ])
 def test_evaluate_mistakes_stop_before_any_work(run, tmp_path, argv, message):
     (tmp_path / "afile").write_text("x")
+    before = (run / "last.pt").read_bytes()
     with pytest.raises(SystemExit, match=message):
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--no-progress"] + argv)
+    assert (run / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep", "plots heatmap", "plots tsne", "predict"])
+def test_a_negative_seed_is_an_argument_error_naming_the_flag(command, capsys):
+    """numpy takes seeds >= 0: --seed -1 failed deep inside ("expected non-negative integer", no
+    flag named), or as a traceback after every clip was encoded (predict)."""
+    import importlib
+
+    name, *sub = command.split()
+    module = importlib.import_module(f"hr2g.{name}")
+    with pytest.raises(SystemExit) as exc:
+        module.main(sub + ["--checkpoint", "x.pt", "--support", "s", "--query", "q.mp4", "--seed", "-1"]
+                    if name == "predict" else sub + ["--checkpoint", "x.pt", "--seed", "-1"])
+    assert exc.value.code == 2 and "argument --seed: -1: a seed is an integer >= 0" in capsys.readouterr().err
 
 
 def test_missing_clip_weights_name_the_file_to_pass():
