@@ -323,6 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]:
     """The model to measure and its config: a checkpoint, or the preset with ``--set`` and random init."""
     from hr2g.cli import apply_overrides
+    from hr2g.config import check_frames
     from hr2g.configs import get_preset
     from hr2g.inference import apply_backend_flags
 
@@ -343,6 +344,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[HR2G, object]
             cfg.data.frames = args.frames
         try:  # the model's fields (and T): no dataset is read, so data.data_root may stay unset
             cfg.model.validate()
+            check_frames(cfg.data.frames)  # --set data.frames=-3 was a traceback, =100 ran past the limit
             cfg.model.validate_frames(cfg.data.frames)
         except ValueError as exc:
             raise SystemExit(f"error: invalid configuration: {exc}") from None

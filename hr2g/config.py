@@ -137,7 +137,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.dataset", self.dataset, DATASETS)
         _choice("data.decoder", self.decoder, DECODERS)
-        _range("data.frames", self.frames, 1, 64)
+        check_frames(self.frames)
         _range("data.image_size", self.image_size, 8, 1024)
         _range("data.n_way", self.n_way, 2, None)
         _range("data.k_shot", self.k_shot, 1, None)
@@ -272,6 +272,11 @@ def is_device(value) -> bool:
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_frames(frames: int) -> None:
+    """``data.frames`` (T) in [1, 64]; ValueError naming the field otherwise."""
+    _range("data.frames", frames, 1, 64)
 
 
 def _range(name: str, value, lo, hi) -> None:

@@ -83,6 +83,14 @@ def test_vit_b16_parameters_match_open_clip():
     assert r["inference"] == {} and r["training"] == {}  # --no-flops --no-timing: nothing measured, nothing made up
 
 
+def test_data_frames_set_by_hand_is_checked_as_frames_is(capsys):
+    """--set data.frames=-3 was a RuntimeError traceback, and =100 ran where --frames 100 is refused."""
+    for value in ("-3", "100"):
+        with pytest.raises(SystemExit, match=rf"^error: invalid configuration: data.frames={value} is outside the "
+                                             r"allowed range \[1, 64\]$"):
+            complexity.main(["--no-timing", "--set", f"data.frames={value}", "--device", "cpu"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--ways", "1"], "--ways expects an integer >= 2"),
     (["--frames", "100"], r"--frames expects an integer in \[1, 64\]"),
