@@ -64,7 +64,8 @@ def main(argv=None) -> list[dict]:
         try:
             EpisodeSampler.for_dataset(dataset, cfg.data.n_way, k, cfg.data.test_q_query, split=split)
         except ValueError as exc:
-            raise SystemExit(f"error: --shots {k}: {exc}") from None
+            # the episode shape is --ways x --shots x --queries: --ways 40 had been blamed on --shots 1
+            raise SystemExit(f"error: --ways / --shots {k} / --queries: {exc}") from None
     results, listed, written = [], [], 0  # listed: the rows with the names of the unreadable videos (--json)
     encoded = EncodedVideos()  # each video decoded and encoded once, for every shot setting
     try:

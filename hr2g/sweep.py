@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -190,6 +191,10 @@ def main(argv=None) -> list[SweepPoint]:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
     except (ValueError, FloatingPointError) as exc:
         raise SystemExit(f"error: {exc}" + (f"; {unreadable_summary(unreadable)}" if unreadable else "")) from None
+    except KeyboardInterrupt:  # was a traceback; the tables are written once the grid is whole
+        print(f"hr2g.sweep: interrupted; nothing written to {out} (the tables are written once every grid point "
+              "is done): run the same command again", file=sys.stderr)
+        raise SystemExit(130) from None
     # fewer than asked where unrepairable episodes were dropped; 0 at a point with none left
     scored = sorted({p.episodes for p in points if p.episodes})
     counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"

@@ -188,3 +188,16 @@ def test_listed_videos_missing_on_disk_are_counted_in_evaluate_and_sweep(ckpt, t
     sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--out", str(tmp_path),
                 "--no-progress", "--device", "cpu"])
     assert ", 2 listed videos missing on disk (never drawn)" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_one_line_and_writes_nothing(ckpt, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in the grid was a traceback (exit -2); the tables are written once the grid is whole."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "sweep", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--out", str(tmp_path / "sw"),
+                    "--no-progress", "--device", "cpu"])
+    assert exc.value.code == 130 and "hr2g.sweep: interrupted; nothing written to" in capsys.readouterr().err
+    assert not list((tmp_path / "sw").glob("*"))

@@ -301,7 +301,7 @@ def test_an_impossible_shot_stops_evaluate_before_any_episode(trained, capsys):
     from hr2g import evaluate as evaluate_cli
 
     cfg, summary = trained
-    with pytest.raises(SystemExit, match=r"^error: --shots 6: .*k_shot \+ q_query <= 6 at n_way=5"):
+    with pytest.raises(SystemExit, match=r"^error: --ways / --shots 6 / --queries: .*k_shot \+ q_query <= 6 at n_way=5"):
         evaluate_cli.main(["--checkpoint", summary["last"], "--episodes", "5", "--shots", "1", "6", "--no-progress"])
     assert '"k_shot"' not in capsys.readouterr().out  # the 1-shot row was not worked out first
 
