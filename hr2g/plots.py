@@ -464,7 +464,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--run", required=True, help="training output folder (or its log.csv)")
     c.add_argument("--out", default=None, help="PNG to write (default: <run>/curves.png)")
     s = sub.add_parser("sweep", help="accuracy against K and N from hr2g.sweep's table (Fig. 8)")
-    s.add_argument("--table", required=True, help="sweep.json written by python -m hr2g.sweep")
+    s.add_argument("--table", required=True, help="sweep.json written by python -m hr2g.sweep, or the folder holding it")
     s.add_argument("--out", default=None, help="PNG to write (default: next to the table, sweep.png)")
     args = p.parse_args(argv)
     checks = {"heatmap": (("--episode", "episode", 0), ("--shots", "shots", 1), ("--queries", "queries", 1), ("--query", "query", 0)),
@@ -501,10 +501,14 @@ def main(argv=None) -> Path:
         out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent) / "curves.png"
         plot_curves(logd, out, f"training curves: {args.run}")
     elif args.figure == "sweep":
-        if not Path(args.table).is_file():
-            raise SystemExit(f"error: --table: {args.table} does not exist (python -m hr2g.sweep writes <out>/sweep.json)")
+        table = Path(args.table)
+        if table.is_dir():  # sweep's --out folder, as --run takes a run folder ("does not exist" said otherwise)
+            table = table / "sweep.json"
+        if not table.is_file():
+            raise SystemExit(f"error: --table: {table} does not exist (python -m hr2g.sweep writes <out>/sweep.json)")
+        args.table = str(table)
         try:
-            rows = sweep_rows(json.loads(Path(args.table).read_text()))
+            rows = sweep_rows(json.loads(table.read_text()))
         except (OSError, ValueError):
             raise SystemExit(f"error: --table: {args.table} is not a sweep.json written by python -m hr2g.sweep") from None
         if all(r["accuracy"] is None for r in rows):

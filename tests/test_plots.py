@@ -209,6 +209,10 @@ def test_sweep_figure_skips_points_without_episodes_and_refuses_other_tables(tmp
     points = [{"n_way": 5, "k_shot": k, "accuracy": a, "ci95": c} for k, a, c in ((1, 60.0, 1.0), (3, None, None))]
     table.write_text(json.dumps(points))  # as hr2g.sweep writes a point with no episode left
     assert _png_size(plots.main(["sweep", "--table", str(table)]))[0] > 600
+    assert plots.main(["sweep", "--table", str(tmp_path)]) == tmp_path / "sweep.png"  # sweep's --out folder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^error: --table: .*empty/sweep.json does not exist"):
+        plots.main(["sweep", "--table", str(tmp_path / "empty")])
     table.write_text(json.dumps([dict(p, accuracy=None, ci95=None) for p in points]))
     with pytest.raises(SystemExit, match="no grid point of .* has an accuracy"):
         plots.main(["sweep", "--table", str(table)])
