@@ -89,9 +89,9 @@ def split_lists(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return lists, labels
 
 
-def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(input video files, [(listed entry, reason)] for list entries under --src that are not
-    converted: no file there, or a frame folder)."""
+def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Path], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(input video files, [(listed entry, reason)] for list entries with no file under --src, the
+    same for listed frame folders, which are not converted)."""
     from hr2g.data.presets import VIDEO_EXTENSIONS, get_preset
     from hr2g.data.splits import locate_videos, validate_root
 
@@ -103,8 +103,8 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
         out = Path(args.out).resolve()
         files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
                        and not p.name.startswith(".") and out not in p.resolve().parents)
-        return files, []
-    files, missing = {}, []
+        return files, [], []
+    files, missing, folders = {}, [], []
     for path in lists:
         split = _read_list(path)
         located = locate_videos(src, split, preset)
@@ -116,10 +116,10 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
             if p is not None and p.is_file():
                 files[p] = None
             elif p is not None:  # listed as frames already: nothing to decode, and not silently dropped
-                missing.append((p.relative_to(src).as_posix(), f"listed in {path.name}: a frame folder, not a "
+                folders.append((p.relative_to(src).as_posix(), f"listed in {path.name}: a frame folder, not a "
                                 "video file; prepare converts video files only (train / evaluate read frame "
                                 "folders as they are: copy or link it under --out)"))
-    return list(files), missing
+    return list(files), missing, folders
 
 
 def _read_list(path: Path):
@@ -214,13 +214,13 @@ def main(argv=None) -> int:
     writable_dir("--out", out)
     try:
         lists, labels = split_lists(args)
-        inputs, missing = collect_inputs(args, lists)
+        inputs, missing, folders = collect_inputs(args, lists)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     opts = Options(target=args.to, short_side=args.short_side, crf=args.crf, gop=args.gop, max_frames=args.max_frames,
                    jpeg_quality=args.jpeg_quality, threads=1 if args.workers > 1 else 0)
     log.info("prepare: %d videos from %s -> %s as %s (%s), %d workers", len(inputs), src, out, args.to, opts, args.workers)
-    if not inputs and not missing:
+    if not inputs and not missing and not folders:
         log.error("no input videos found under %s", src)
         return 1
     jobs = [Job(p, output_path(out, p.relative_to(src), args.to), p.relative_to(src).as_posix()) for p in inputs]
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         print(f"hr2g.prepare: interrupted; run the same command again to continue (finished outputs under {out} "
               "are kept and skipped)", file=sys.stderr)
         raise SystemExit(130) from None
-    failed = sorted([(o.rel, o.detail) for o in outcomes if o.status == "failed"] + missing)
+    failed = sorted([(o.rel, o.detail) for o in outcomes if o.status == "failed"] + missing + folders)
     report = Path(args.report) if args.report else out / "prepare_report.tsv"
     report.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# input\treason (unreadable, missing or unconverted inputs of the last run)"]
@@ -245,15 +245,14 @@ def main(argv=None) -> int:
                     "...) and will not find %s in %s: rename it there (e.g. test_few_shot.txt), or give them --split-dir",
                     path.name, out / DEFAULT_SPLIT_SUBDIR)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    folders = sum("a frame folder, not a video file" in why for _, why in missing)
     log.info("prepare: %d written, %d already done, %d unreadable, %d missing%s; report: %s",
-             counts["done"], counts["skipped"], counts["failed"], len(missing) - folders,
-             f", {folders} listed frame folders not converted" if folders else "", report)
-    if not inputs and len(missing) > folders:  # a wrong --src or layout, not a few lost videos: not a success
+             counts["done"], counts["skipped"], counts["failed"], len(missing),
+             f", {len(folders)} listed frame folders not converted" if folders else "", report)
+    if not inputs and missing:  # a wrong --src or layout, not a few lost videos: not a success
         hint = "" if args.dataset else (" (or pass --dataset: SSv2 keeps its videos in one folder, not in class "
                                         "folders, and Kinetics-100 names clips by YouTube id and times)")
         log.error("prepare: none of the %d listed videos is under %s: give the folder the lists' paths start "
-                  "from as --src%s", len(missing) - folders, src, hint)
+                  "from as --src%s", len(missing), src, hint)
         return 1
     return 0
 

@@ -6,6 +6,7 @@ checkpoint).  Under DDP the ranks agree on the step to stop at (:func:`hr2g.dist
 """
 from __future__ import annotations
 
+import abc
 import os
 import signal
 import threading
@@ -28,7 +29,7 @@ class TrainingStopped(KeyboardInterrupt):
         self.signal_name, self.checkpoint, self.epoch, self.step = signal_name, checkpoint, epoch, step
 
 
-class _SignalHandlers:
+class _SignalHandlers(abc.ABC):
     """While active, SIGINT/SIGTERM go to ``_handle``.  Signal handlers can only be installed from
     the main thread; elsewhere nothing is installed and signals keep their usual effect."""
 
@@ -50,8 +51,9 @@ class _SignalHandlers:
             signal.signal(s, handler)
         self._previous = {}
 
+    @abc.abstractmethod
     def _handle(self, signum, frame) -> None:
-        raise NotImplementedError
+        """What SIGINT / SIGTERM do while active."""
 
 
 class StopSignals(_SignalHandlers):

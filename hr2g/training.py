@@ -169,8 +169,7 @@ def apply_optim_changes(opt, sched, saved: Config, cfg: Config) -> list[str]:
     into them where they differ (the lr where the schedule is now: lr x gamma^milestones passed)
     and names what changed; untouched otherwise, so a plain resume stays bit for bit."""
     new, old = cfg.train, saved.train
-    changed = [f"train.{k}" for k in ("lr", "weight_decay", "milestones", "gamma")
-               if (tuple if k == "milestones" else float)(getattr(new, k)) != (tuple if k == "milestones" else float)(getattr(old, k))]
+    changed = [f"train.{k}" for k in ("lr", "weight_decay", "milestones", "gamma") if getattr(new, k) != getattr(old, k)]
     if not changed:
         return []
     sched.milestones = collections.Counter(new.milestones)
