@@ -27,7 +27,7 @@ log = logging.getLogger("hr2g.evaluate")
 @dataclass
 class EvalResult:
     accuracy: float  # mean episode accuracy in [0, 1]
-    ci95: float  # half-width of the 95% confidence interval: 1.96 * std / sqrt(episodes)
+    ci95: float  # half-width of the 95% confidence interval: 1.96 * s / sqrt(episodes), s the sample std
     episodes: int
     per_episode: np.ndarray = field(repr=False)  # [episodes] accuracy of each episode
     skipped_videos: dict[str, str] = field(default_factory=dict)  # unreadable videos: key -> reason
@@ -66,7 +66,9 @@ def require_finite_logits(logits: torch.Tensor, what: str) -> None:
 
 
 def confidence95(acc: np.ndarray) -> float:
-    return float(1.96 * acc.std() / math.sqrt(len(acc))) if len(acc) > 1 else 0.0
+    """Half-width of the normal 95% interval of the mean episode accuracy. The sample std (ddof=1):
+    the population std understates it by sqrt((n-1)/n), 29% at 2 episodes, 0.005% at 10,000."""
+    return float(1.96 * acc.std(ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else 0.0
 
 
 @torch.no_grad()

@@ -158,6 +158,16 @@ def test_evaluation_drops_the_episodes_it_cannot_repair(caplog):
     assert all(0 not in sp.classes for sp in kept) and "dropped: a class of theirs has fewer than 2" in caplog.text
 
 
+def test_confidence_interval_uses_the_sample_std():
+    from hr2g.evaluation import confidence95
+
+    # two episodes at 0 and 1: sample std sqrt(1/2), so 1.96 * 0.7071 / sqrt(2) = 0.98 (0.69 with ddof=0)
+    assert confidence95(np.array([0.0, 1.0])) == pytest.approx(0.98)
+    acc = np.random.default_rng(0).random(50)
+    assert confidence95(acc) == pytest.approx(1.96 * np.std(acc, ddof=1) / np.sqrt(50))
+    assert confidence95(np.array([0.4])) == 0.0 and confidence95(np.full(7, 0.6)) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("n, t", [(1, 8), (5, 8), (8, 8), (16, 8), (301, 8), (10, 3)])
 def test_tsn_sampling(n, t):
     centre = tsn_indices(n, t, train=False)
