@@ -211,9 +211,12 @@ def config_of(ckpt: dict, path) -> "Config":  # noqa: F821
     from hr2g.config import Config
 
     try:
-        return Config.from_dict(ckpt["config"])
+        cfg = Config.from_dict(ckpt["config"])
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"checkpoint {str(path)!r}: its config does not load in this version of hr2g ({exc})") from None
+    if cfg.data.dataset == "synthetic":  # runs from before 2026-12-02 may name one, which never ran: not an error
+        cfg.data.decoder = "auto"
+    return cfg
 
 
 def load_weights(model: torch.nn.Module, state: dict, path, built_from: str = "its config builds") -> None:

@@ -152,6 +152,9 @@ class DataConfig:
                 if getattr(self, key):
                     raise ValueError(f"data.{key}={getattr(self, key)!r}: the synthetic dataset is generated, not read "
                                      "(--dataset NAME for a benchmark)")
+            if self.decoder != "auto":  # the clips are rendered in memory: no decoder would ever run
+                raise ValueError(f"data.decoder={self.decoder!r}: the synthetic dataset is generated, not decoded "
+                                 "(--dataset NAME for a benchmark)")
             if self.frames > SYNTHETIC_RENDERED_FRAMES:
                 raise ValueError(f"data.frames={self.frames}: the synthetic dataset renders {SYNTHETIC_RENDERED_FRAMES} "
                                  f"frames per clip, so at most {SYNTHETIC_RENDERED_FRAMES}")

@@ -75,11 +75,12 @@ def dataset_from_args(cfg: Config, args: argparse.Namespace, device: torch.devic
     applied, decoded for ``device`` (the model's)."""
     from hr2g.data.build import build_dataset
 
-    if cfg.data.dataset == "synthetic" and (args.data_root or args.split_dir):  # else silently ignored
-        flag = "--data-root" if args.data_root else "--split-dir"
+    decoder = getattr(args, "decoder", None)
+    if cfg.data.dataset == "synthetic" and (args.data_root or args.split_dir or decoder not in (None, "auto")):
+        flag = "--data-root" if args.data_root else "--split-dir" if args.split_dir else f"--decoder {decoder}"
         raise SystemExit(f"error: {flag}: the checkpoint was trained on the synthetic dataset, which is generated, not "
                          "read; a benchmark needs a model trained on it (python -m hr2g.train --dataset NAME)")
-    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir), ("decoder", getattr(args, "decoder", None))):
+    for key, val in (("data_root", args.data_root), ("split_dir", args.split_dir), ("decoder", decoder)):
         if val:
             setattr(cfg.data, key, val)
     from hr2g.errors import SetupError

@@ -349,6 +349,18 @@ def test_a_data_root_for_a_synthetic_checkpoint_is_refused_not_ignored(run, tmp_
         evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--data-root", str(tmp_path), "--no-progress"])
 
 
+def test_a_decoder_for_a_synthetic_checkpoint_is_refused_and_an_old_one_in_it_is_ignored(run, tmp_path):
+    """--decoder dali had no effect on generated clips, and said nothing."""
+    with pytest.raises(SystemExit, match=r"^error: --decoder dali: the checkpoint was trained on the synthetic dataset"):
+        evaluate_cli.main(["--checkpoint", str(run / "last.pt"), "--decoder", "dali", "--no-progress"])
+    ckpt = checkpoint.load(run / "last.pt")  # written before data.decoder was checked for synthetic runs
+    ckpt["config"]["data"]["decoder"] = "pyav"
+    checkpoint.save_atomic(ckpt, tmp_path / "old.pt")
+    rows = evaluate_cli.main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "2", "--decoder", "auto",
+                              "--no-progress"])
+    assert [(r["dataset"], r["k_shot"], r["episodes"]) for r in rows] == [("synthetic", 1, 2), ("synthetic", 5, 2)]
+
+
 def test_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
     import errno
 

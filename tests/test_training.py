@@ -166,6 +166,7 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     (["--set", "data.frames=17"], r"data.frames=17: the synthetic dataset renders 16 frames per clip"),
     (["--set", "data.image_size=64"], r"data.image_size=64: the tiny encoder takes 32x32 frames \(--set data.image_size=32\)"),
     (["--set", "data.data_root=/x"], r"data.data_root='/x': the synthetic dataset is generated, not read"),
+    (["--set", "data.decoder=dali"], r"data.decoder='dali': the synthetic dataset is generated, not decoded"),
     (["--set", "train.out_dir="], r"train.out_dir='': name the run's folder"),
     (["--set", "model.trx_cardinalities=1,,2"], r"model.trx_cardinalities='1,,2': .*empty item"),
     (["--set", "model.trx_cardinalities=3,3"], r"model.trx_cardinalities=\(3, 3\) names a tuple size twice"),
