@@ -87,11 +87,15 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {exc}") from None
     from hr2g.checkpoint import CheckpointWriteError
     from hr2g.errors import SetupError
-    from hr2g.stopping import FinalTestSkipped, TrainingStopped
-    from hr2g.training import train  # heavy imports after argument errors are reported
+    from hr2g.stopping import FinalTestSkipped, InterruptOnSignal, SignalInterrupt, TrainingStopped
 
     try:
-        return train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
+        # outside the steps (setup, which has nothing to save, and after the loop) the first SIGINT /
+        # SIGTERM ends the run at once and says so: a SIGTERM used to kill it without a word
+        with InterruptOnSignal():
+            from hr2g.training import train  # heavy imports after argument errors are reported
+
+            return train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     except FinalTestSkipped as stop:  # training done and saved: nothing to resume
         print(f"hr2g.train: {stop}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
@@ -99,15 +103,19 @@ def main(argv=None) -> dict:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step, nothing saved now
+    except (KeyboardInterrupt, SignalInterrupt) as exc:
         if args.verbose:
             raise
         last = Path(cfg.train.out_dir) / "last.pt"
         then = f"; continue from the last checkpoint with: python -m hr2g.train --resume {last}" if last.exists() else \
             " (no checkpoint was written yet)"
-        # a second Ctrl-C in a step, or the first one before training began (setup: nothing lost)
-        print(f"hr2g.train: stopped at once (Ctrl-C twice, or before training began): the steps since the last "
-              f"checkpoint, if any, are lost{then}", file=sys.stderr)
+        if isinstance(exc, SignalInterrupt):  # (a KeyboardInterrupt too)
+            print(f"hr2g.train: {exc.signal_name} received outside the training steps (in setup, or once they were "
+                  f"done): stopped at once{then}", file=sys.stderr)
+            raise SystemExit(143 if exc.signal_name == "SIGTERM" else 130) from None
+        # a second Ctrl-C in a step: stopped mid-step, nothing saved now
+        print(f"hr2g.train: stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost{then}",
+              file=sys.stderr)
         raise SystemExit(130) from None
     except (FileExistsError, FileNotFoundError, NotADirectoryError, SetupError, CheckpointWriteError) as exc:
         # a run folder in the way or in use, data not found, an episode shape / backend / weights

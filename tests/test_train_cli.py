@@ -2,6 +2,8 @@
 folders that are not clobbered, and mistakes reported before any work is done."""
 import csv
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -164,8 +166,37 @@ def test_a_second_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as exc:
         train_cli.main(TINY + ["--out", "run"])
     err = capsys.readouterr().err
-    assert exc.value.code == 130 and "stopped at once (Ctrl-C twice, or before training began): the steps since the last checkpoint, if any, are lost" in err
+    assert exc.value.code == 130 and "stopped at once (Ctrl-C twice): the steps since the last checkpoint are lost" in err
     assert ("--resume run/last.pt" in err) == checkpointed and ("no checkpoint was written yet" in err) != checkpointed
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_setup_ends_the_run_with_one_line_and_leaves_the_folder_usable(tmp_path, monkeypatch, capsys,
+                                                                                      sig, code):
+    """A SIGTERM before the first step (building the datasets: minutes on a benchmark) killed the
+    process without a word; now it is one line, the shell's exit status, and the run folder's lock
+    is released so the same command can start again."""
+    from hr2g import training
+
+    monkeypatch.chdir(tmp_path)
+    real = training.build_dataset
+
+    def signalled(cfg, split, device):
+        if split == "val":
+            os.kill(os.getpid(), sig)  # delivered now, in the main thread
+        return real(cfg, split, device)
+
+    monkeypatch.setattr(training, "build_dataset", signalled)
+    before = signal.getsignal(sig)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--epochs", "1", "--out", "run"])
+    err = capsys.readouterr().err
+    name = signal.Signals(sig).name
+    assert exc.value.code == code and f"hr2g.train: {name} received outside the training steps" in err
+    assert "no checkpoint was written yet" in err and "Traceback" not in err
+    assert signal.getsignal(sig) is before  # the CLI's handler is gone
+    monkeypatch.setattr(training, "build_dataset", real)
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", "run"])["test_accuracy"] is not None
 
 
 def test_overwrite_removes_the_previous_runs_files(run):
