@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 from hr2g.checkpoint import write_csv_atomic
@@ -139,6 +140,12 @@ class RunLog:
         for tag, value in scalars.items():
             self._tb.add_scalar(tag, value, x)
         self._tb.flush()
+
+    def sync(self) -> None:
+        """Put the rows so far on disk (called before each checkpoint): flushed rows survive a crash
+        of the process but not of the machine, and a resume keeps every row up to its checkpoint."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

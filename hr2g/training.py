@@ -403,6 +403,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
     def checkpoint(name: str, epoch: int, step: int) -> None:
         if main:
             tally.elapsed = time.time() - t0
+            runlog.sync()  # the log up to this checkpoint is on disk before the checkpoint is
             save_checkpoint(out / name, model, opt, sched, cfg, epoch, step, best, failures, tally, train_digest)
         barrier(dist_info)
 
@@ -479,6 +480,7 @@ def _train(cfg: Config, resume: str | None, progress: bool, overwrite: bool, dev
                     if res.accuracy > best:
                         best = res.accuracy
                         end = EpochTally([], [], time.time() - t0)
+                        runlog.sync()
                         save_checkpoint(out / "best.pt", model, opt, sched, cfg, epoch + 1, 0, best, failures, end,
                                         train_digest)
                 if main:

@@ -149,6 +149,32 @@ def test_a_crash_loses_only_the_steps_since_the_last_checkpoint_and_the_log_is_r
         assert _tensorboard_scalars(cfg.train.out_dir) == _tensorboard_scalars(whole_cfg.train.out_dir)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fsync's file through /proc")
+def test_the_log_is_on_disk_before_each_checkpoint(tmp_path, monkeypatch):
+    """log.csv is flushed per row, which a process crash keeps but a machine crash may not; a resume
+    keeps every row up to its checkpoint, so those rows are fsynced before the checkpoint is written."""
+    events, real_fsync, real_save = [], os.fsync, training.save_checkpoint
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def save(path, *args, **kwargs):
+        with open(os.path.join(os.path.dirname(path), "log.csv"), newline="") as f:
+            events.append(("save", os.path.basename(path), len(f.readlines())))
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    cfg = _cfg(tmp_path)
+    cfg.train.checkpoint_every = 2
+    training.train(cfg, progress=False)
+    saves = [i for i, e in enumerate(events) if e[0] == "save"]
+    assert [events[i][1] for i in saves].count("last.pt") == 2 * EPOCHS  # one in each epoch (every 2 steps), one at its end
+    for before, i in zip([-1] + saves, saves):
+        assert ("fsync", "log.csv") in events[before + 1:i], events
+
+
 @pytest.mark.parametrize("at_call", [2, 3], ids=["mid-epoch", "epoch-last-step"])
 def test_tensorboard_after_a_stop_and_a_resume_killed_before_its_next_checkpoint(tmp_path, monkeypatch, uninterrupted,
                                                                                  at_call):
