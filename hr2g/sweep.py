@@ -8,7 +8,8 @@ its own fixed, seeded episode list through the batched head.  A grid point gives
 ``python -m hr2g.evaluate --ways N --shots K`` gives with the same seed and episode count (the
 episode lists are identical; tests/test_sweep.py checks it episode by episode).  Writes
 ``sweep.csv``, ``sweep.json`` and ``sweep.md`` (a ways x shots grid of accuracy ± 95% CI), and
-``unreadable_videos.json`` (video -> why) when videos could not be read.
+``unreadable_videos.json`` (video -> why) when videos could not be read.  A Ctrl-C writes the
+points finished so far, the header saying so.
 """
 from __future__ import annotations
 
@@ -70,10 +71,12 @@ def _samplers(dataset: VideoDataset, ways: list[int], shots: list[int], q_query:
 @torch.no_grad()
 def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shots: list[int], episodes: int, seed: int,
           q_query: int | None = None, batch_episodes: int | None = None, split: str = "test",
-          progress: bool = True, unreadable: dict[str, str] | None = None) -> list[SweepPoint]:
+          progress: bool = True, unreadable: dict[str, str] | None = None,
+          done: list[SweepPoint] | None = None) -> list[SweepPoint]:
     """Accuracy ± 95% CI of ``model`` at every (N, K) of ``ways`` x ``shots``, features encoded once.
     ``unreadable``: a dict that gets the videos that could not be read (video -> why), also when
-    the sweep then fails for lack of readable videos."""
+    the sweep then fails for lack of readable videos; ``done``: a list that gets each point as it
+    is finished, also when the sweep is then interrupted."""
     q_query = q_query or cfg.data.test_q_query
     batch_episodes = batch_episodes or cfg.eval.batch_episodes
     samplers = _samplers(dataset, ways, shots, q_query, split)
@@ -102,7 +105,7 @@ def sweep(model: HR2G, dataset: VideoDataset, cfg: Config, ways: list[int], shot
             raise ValueError(f"no grid point has an episode left after {len(failed)} unreadable videos "
                              f"(every class needs {max(k for _, k in specs)} + {q_query} readable videos at the largest shot)")
     text_all = model.text_features(dataset.class_names)  # [classes, C]
-    results = []
+    results = [] if done is None else done
     for (n, k), ss in tqdm(specs.items(), desc="grid points", disable=not progress, dynamic_ncols=True):
         if not ss:
             results.append(SweepPoint(n, k, q_query, 0, None, None, round(100 / n, 2), seed, split, np.zeros(0)))
@@ -183,26 +186,43 @@ def main(argv=None) -> list[SweepPoint]:
     episodes = args.episodes or cfg.eval.episodes
     seed = cfg.eval.seed if args.seed is None else args.seed
     unreadable: dict[str, str] = {}
+    done: list[SweepPoint] = []
+    grid = len(set(args.ways)) * len(set(args.shots))
     try:
         points = sweep(model, dataset, cfg, sorted(set(args.ways)), sorted(set(args.shots)), episodes, seed,
                        q_query=args.queries, batch_episodes=args.batch_episodes, split=split, progress=not args.no_progress,
-                       unreadable=unreadable)
+                       unreadable=unreadable, done=done)
     except GridError as exc:
         raise SystemExit(f"error: --ways / --shots / --queries: {exc}") from None
     except (ValueError, FloatingPointError) as exc:
         raise SystemExit(f"error: {exc}" + (f"; {unreadable_summary(unreadable)}" if unreadable else "")) from None
-    except KeyboardInterrupt:  # was a traceback; the tables are written once the grid is whole
-        print(f"hr2g.sweep: interrupted; nothing written to {out} (the tables are written once every grid point "
-              "is done): run the same command again", file=sys.stderr)
+    except KeyboardInterrupt:  # was a traceback; the finished points are kept, each as a whole run would give it
+        if not done:
+            print(f"hr2g.sweep: interrupted before any grid point was finished; nothing written to {out}: run the "
+                  "same command again", file=sys.stderr)
+            raise SystemExit(130) from None
+        paths = _write(done, out, args, cfg, split, seed, episodes, device, dataset, unreadable,
+                       f"INTERRUPTED after {len(done)} of {grid} grid points, ")
+        print(f"hr2g.sweep: interrupted; the {len(done)} of {grid} grid points finished are written to {paths['csv']}, "
+              f"{paths['json']} and {paths['md']}; run the same command again for the whole grid", file=sys.stderr)
         raise SystemExit(130) from None
+    _write(points, out, args, cfg, split, seed, episodes, device, dataset, unreadable, "")
+    return points
+
+
+def _write(points: list[SweepPoint], out: Path, args: argparse.Namespace, cfg: Config, split: str, seed: int,
+           episodes: int, device: torch.device, dataset: VideoDataset, unreadable: dict[str, str],
+           status: str) -> dict[str, Path]:
+    """The tables of ``points`` (``status`` opens the header: what the grid is missing), the list of
+    unreadable videos, and the header and grid printed."""
     # fewer than asked where unrepairable episodes were dropped; 0 at a point with none left
     scored = sorted({p.episodes for p in points if p.episodes})
-    counts = str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"
+    counts = "0" if not scored else str(scored[0]) if len(scored) == 1 else f"{scored[0]}-{scored[-1]}"
     per_point = f"{counts} episodes per point" + ("" if scored == [episodes] else f" (of {episodes} drawn)")
     empty = [f"{p.n_way}-way {p.k_shot}-shot" for p in points if not p.episodes]
     if empty:
         per_point += f", no episode left at {', '.join(empty)} (unreadable videos)"
-    header = (f"N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {per_point}, "
+    header = (f"{status}N-way K-shot accuracy (%) ± 95% CI, {cfg.data.dataset} {split} split, {per_point}, "
               f"{points[0].q_query} queries per class, seed {seed}, checkpoint {args.checkpoint}, device {device}")
     if unreadable:
         header += f", {len(unreadable)} unreadable videos replaced by others of their class (unreadable_videos.json)"
@@ -216,9 +236,9 @@ def main(argv=None) -> list[SweepPoint]:
         listing.unlink()
     print(header)
     print(markdown_grid(points))
-    print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}" + (f", {listing}" if unreadable else ""))
-    return points
-
+    if not status:
+        print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}" + (f", {listing}" if unreadable else ""))
+    return paths
 
 if __name__ == "__main__":
     main()

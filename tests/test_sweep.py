@@ -190,8 +190,8 @@ def test_listed_videos_missing_on_disk_are_counted_in_evaluate_and_sweep(ckpt, t
     assert ", 2 listed videos missing on disk (never drawn)" in capsys.readouterr().out
 
 
-def test_ctrl_c_is_one_line_and_writes_nothing(ckpt, tmp_path, monkeypatch, capsys):
-    """A Ctrl-C in the grid was a traceback (exit -2); the tables are written once the grid is whole."""
+def test_ctrl_c_before_a_point_is_done_is_one_line_and_writes_nothing(ckpt, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in the grid was a traceback (exit -2)."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -199,5 +199,31 @@ def test_ctrl_c_is_one_line_and_writes_nothing(ckpt, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as exc:
         sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--out", str(tmp_path / "sw"),
                     "--no-progress", "--device", "cpu"])
-    assert exc.value.code == 130 and "hr2g.sweep: interrupted; nothing written to" in capsys.readouterr().err
+    assert exc.value.code == 130
+    assert "hr2g.sweep: interrupted before any grid point was finished; nothing written to" in capsys.readouterr().err
     assert not list((tmp_path / "sw").glob("*"))
+
+
+def test_ctrl_c_keeps_the_finished_grid_points_and_says_the_grid_is_cut(ckpt, tmp_path, monkeypatch, capsys):
+    """The finished points were lost with the rest; now they are written, each what the whole grid
+    gives there, under a header that says how much of the grid they are."""
+    argv = ["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "2", "3", "--episodes", "3", "--no-progress",
+            "--device", "cpu"]
+    whole = sweep.main(argv + ["--out", str(tmp_path / "whole")])
+    real, calls = sweep.episode_accuracies, []
+
+    def cut_at_the_third_point(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "episode_accuracies", cut_at_the_third_point)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(argv + ["--out", str(tmp_path / "cut")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 130 and "hr2g.sweep: interrupted; the 2 of 3 grid points finished are written to" in err
+    rows = json.loads((tmp_path / "cut" / "sweep.json").read_text())
+    assert rows == [p.row() for p in whole[:2]]
+    assert (tmp_path / "cut" / "sweep.md").read_text().startswith("INTERRUPTED after 2 of 3 grid points, N-way K-shot")
