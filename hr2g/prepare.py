@@ -124,17 +124,15 @@ def collect_inputs(args: argparse.Namespace, lists: list[Path]) -> tuple[list[Pa
 
 def _read_list(path: Path):
     """A split list, for its files only: class names do not matter here (no label file needed), nor
-    which split it is ("cannot tell the split from the file name" of a class/video list named
-    my_subset.txt is the loader's concern: prepare only needs its videos)."""
-    from hr2g.data.splits import _split_from_filename, read_split
+    which split it is (that of a class/video list named my_subset.txt is the loader's concern:
+    prepare only needs its videos)."""
+    from hr2g.data.splits import SplitNameUnknown, read_split
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return read_split(path)
-        except ValueError as exc:
-            if _split_from_filename(path) is not None or "cannot tell the split" not in str(exc):
-                raise
+        except SplitNameUnknown:
             return read_split(path, split="train")  # a placeholder name: only the videos are used
 
 

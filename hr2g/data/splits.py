@@ -111,6 +111,10 @@ def _split_from_filename(path: Path) -> str | None:
     return None
 
 
+class SplitNameUnknown(ValueError):
+    """A ``class/video`` list whose file name says no split (``my_subset.txt``) and no ``split=``."""
+
+
 def read_split(path: str | Path, split: str | None = None, fmt: str = "auto",
                label_file: str | Path | list | None = None) -> Split:
     """Parse a split list.
@@ -293,7 +297,7 @@ def _names_for_ids(path: Path, ids: list[str], labels: np.ndarray, n_classes: in
 def _read_named(path: Path, lines: list[tuple[int, str]], split: str | None) -> Split:
     name = split or _split_from_filename(path)
     if name is None:
-        raise ValueError(f"{path}: cannot tell the split from the file name; pass split='train'|'val'|'test'")
+        raise SplitNameUnknown(f"{path}: cannot tell the split from the file name; pass split='train'|'val'|'test'")
     folders: dict[str, int] = {}  # first appearance order = class index
     videos, labels, nos = [], [], []
     for no, text in lines:
