@@ -77,6 +77,9 @@ def _retrieve_setup_context(ctx, inputs, output):
     # when that happens.  (G x C = 50 x 512 fp32: 100 KiB.)
     ctx.save_for_backward(protos, bank[:filled].clone(), index, weights)
     ctx.temperature = temperature
+    # the backward kernel takes grad_out only: weights marked differentiable got a zero gradient
+    # from a loss on them (0.0 where the reference's bank_select gives 0.108); now they say so
+    ctx.mark_non_differentiable(index, weights)
 
 
 def _retrieve_backward(ctx, grad_out, _grad_index, _grad_weights):

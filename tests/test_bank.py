@@ -347,6 +347,17 @@ def test_ext_retrieve_index_and_weights(device):
     check_retrieve_index_and_weights(ext_retrieve_full, device)
 
 
+def test_ext_retrieve_weights_say_they_carry_no_gradient(device):
+    """The backward takes grad_out only: weights that required grad gave a loss on them a zero
+    gradient (0.0 where the reference's bank_select gives 0.108), so they are non-differentiable."""
+    protos = torch.randn(2, 8, dtype=torch.float64, device=device, requires_grad=True)
+    bank = torch.randn(6, 8, dtype=torch.float64, device=device)
+    require_ext("bank_retrieve", protos, bank, 6, 3, 1.0)
+    out, index, weights = torch.ops.hr2g.bank_retrieve(protos, bank, 6, 3, 1.0)
+    assert out.requires_grad and not index.requires_grad and not weights.requires_grad
+    assert bank_select(protos, bank, 6, 3, 1.0)[1].requires_grad  # the reference's do: use it for that
+
+
 @pytest.mark.parametrize("scale", [0.0, 1e-10, 5e-9, 2e-8, 1e-4], ids=lambda s: f"norm{s:g}")
 def test_ext_retrieve_grad_at_the_norm_floor(device, scale):
     """Prototypes with norms below and above the 1e-8 floor, where the gradient changes form (not
