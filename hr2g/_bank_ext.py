@@ -127,6 +127,7 @@ def unsupported_reason(op: str, *args) -> str | None:
     if op == "bank_retrieve":
         protos, bank, topk = args[0], args[1], int(args[3])
         slots = min(max(int(args[2]), 0), bank.shape[0])  # retrieval stages the filled slots' similarities only
+        topk = topk if slots > 0 else 0  # an empty bank launches nothing: a large topk needs no shared memory
     elif op == "bank_update_":
         bank, protos, topk = args[0], args[2], 0
         slots = bank.shape[0]

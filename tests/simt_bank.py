@@ -22,8 +22,15 @@ from tests.helpers import Guarded
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "simt" / "bank_simt.cpp"
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-ORDERS = {"forward": 0, "reverse": 1, "random": 2}  # the emulator's thread orders (simt.h)
-GUARD = 64  # elements of NaN before and after every buffer
+# the emulator's thread orders (simt.h): every runnable thread in a round, or a warp at a time
+ORDERS = {"forward": 0, "reverse": 1, "random": 2, "warp-forward": 3, "warp-reverse": 4, "warp-random": 5}
+GUARD = 64  # elements of NaN before and after every buffer, plus one bank row (guard(c))
+
+
+def guard(c: int) -> int:
+    """A row index one off either end (-1 from a poisoned index, or ``filled``) lands in the guard:
+    NaN, not the host memory around the buffer (garbage, or a segfault of the test process)."""
+    return GUARD + c
 
 
 def compiler() -> str | None:
@@ -98,18 +105,19 @@ class SimtBank:
         """(out, index, weights) of one retrieve_kernel launch (filled >= 1, M >= 1)."""
         m, c = protos.shape
         acc = torch.float64 if protos.dtype == torch.float64 else torch.float32
-        p, b = Guarded(protos, GUARD), Guarded(bank[:filled], GUARD)  # rows past `filled` must not be read
-        out = Guarded(torch.empty_like(protos), GUARD)
-        index = Guarded(torch.empty(m, topk, dtype=torch.int64), GUARD)
-        weights = Guarded(torch.empty(m, topk, dtype=acc), GUARD)
+        pad = guard(c)
+        p, b = Guarded(protos, pad), Guarded(bank[:filled], pad)  # rows past `filled` must not be read
+        out = Guarded(torch.empty_like(protos), pad)
+        index = Guarded(torch.empty(m, topk, dtype=torch.int64), pad)
+        weights = Guarded(torch.empty(m, topk, dtype=acc), pad)
         self._call(self.lib.hr2g_simt_retrieve, DTYPE_CODE[protos.dtype], ORDERS[order], seed, _ptr(p), _ptr(b), m, c,
                    filled, topk, temperature, _ptr(out), _ptr(index), _ptr(weights))
         return out.check("out").clone(), index.check("index").clone(), weights.check("weights").clone()
 
     def retrieve_backward(self, grad_out, protos, bank, index, weights, temperature=1.0, order="forward", seed=0):
         m, c = protos.shape
-        args = [Guarded(t, GUARD) for t in (grad_out, protos, bank, index, weights)]
-        grad = Guarded(torch.empty_like(protos), GUARD)
+        args = [Guarded(t, guard(c)) for t in (grad_out, protos, bank, index, weights)]
+        grad = Guarded(torch.empty_like(protos), guard(c))
         self._call(self.lib.hr2g_simt_retrieve_backward, DTYPE_CODE[protos.dtype], ORDERS[order], seed,
                    *[_ptr(a) for a in args], m, c, bank.shape[0], index.shape[1], temperature, _ptr(grad))
         return grad.check("grad_protos").clone()
@@ -117,7 +125,7 @@ class SimtBank:
     def update_(self, bank, filled, protos, momentum, order="forward", seed=0) -> int:
         """The update kernel on ``bank`` in place (protos cast to the bank's dtype first, as bank.cu does)."""
         g, c = bank.shape
-        b, p = Guarded(bank, GUARD), Guarded(protos.to(bank.dtype), GUARD)
+        b, p = Guarded(bank, guard(c)), Guarded(protos.to(bank.dtype), guard(c))
         self._call(self.lib.hr2g_simt_update, DTYPE_CODE[bank.dtype], ORDERS[order], seed, _ptr(b), _ptr(p), g, c,
                    filled, protos.shape[0], momentum)
         bank.copy_(b.check("bank"))

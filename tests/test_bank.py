@@ -623,6 +623,30 @@ def test_auto_picks_ext_when_built(device):
     assert ops.bank_update_(bank.clone(), 48, protos, backend="ext") == 50
 
 
+def test_ext_cuda_refusal_sizes_shared_memory_by_what_the_launch_uses(monkeypatch):
+    """The CUDA refusal on shared memory, run here with stand-in CUDA tensors: a bank too wide for
+    the GPU's 227 KiB is refused with the bytes named; an empty bank (no launch) is not, whatever topk."""
+    from types import SimpleNamespace
+
+    from hr2g import _bank_ext
+
+    def cuda_tensor(*shape):
+        return SimpleNamespace(shape=shape, dtype=torch.float32, device=torch.device("cuda", 0), requires_grad=False,
+                               is_contiguous=lambda: True)
+
+    monkeypatch.setattr(_bank_ext, "WITH_CUDA", True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(shared_memory_per_block_optin=227 * 1024))
+    protos = cuda_tensor(8, 512)
+    assert _bank_ext.unsupported_reason("bank_retrieve", protos, cuda_tensor(64, 512), 64, 8, 1.0) is None
+    wide = cuda_tensor(64, 60_000)  # (32 + C + G + k) fp32 + 4k bytes = 240,448 > 232,448
+    assert re.fullmatch(r"C=60000, G=64 need 240448 bytes of shared memory per block, the GPU has 232448",
+                        _bank_ext.unsupported_reason("bank_retrieve", cuda_tensor(8, 60_000), wide, 64, 8, 1.0))
+    many = cuda_tensor(60_000, 512)
+    assert _bank_ext.unsupported_reason("bank_retrieve", protos, many, 0, 30_000, 1.0) is None  # nothing to launch
+    assert "shared memory" in _bank_ext.unsupported_reason("bank_retrieve", protos, many, 60_000, 30_000, 1.0)
+
+
 def test_ext_refusals_fall_back_to_torch():
     protos, bank = torch.randn(3, 16, dtype=torch.float64), torch.randn(50, 16)
     require_ext("bank_retrieve", protos.float(), bank, 50, 35, 1.0)

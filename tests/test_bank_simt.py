@@ -20,7 +20,8 @@ from tests.test_bank import (DTYPE_ID, DTYPES, assert_within_bound, check_retrie
                              check_update_ties_hold_after_a_move, check_update_ties_move_the_lower_slot, clustered,
                              ref_retrieve_full, smallest_top2_gap)
 
-ORDERS = [("forward", 0), ("reverse", 0), ("random", 1), ("random", 2)]
+ORDERS = [("forward", 0), ("reverse", 0), ("random", 1), ("random", 2), ("warp-forward", 0), ("warp-reverse", 0),
+          ("warp-random", 3)]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,17 @@ def test_emulator_exposes_a_race_through_thread_order(selftest):
     forward, reverse = selftest(2, 1, 64, x, "forward"), selftest(2, 1, 64, x, "reverse")
     assert forward[:63].isnan().all()
     assert torch.equal(reverse[:63], torch.arange(1, 64, dtype=torch.float32))
+
+
+def test_emulator_exposes_a_race_between_warps_that_a_shuffle_hides(selftest):
+    """Warp 0 writes, all warps shuffle, warp 1 reads warp 0's slots with no barrier between: every
+    round-based order reads the writes (each warp's shuffle waits for the whole round), running
+    warp 1 first reads them unwritten.  Without the warp orders, a missing barrier before a
+    reduction's shuffles passed every bank test."""
+    x, written = torch.zeros(64), torch.arange(1, 33, dtype=torch.float32)
+    for order, seed in ORDERS[:4] + [("warp-forward", 0)]:
+        assert torch.equal(selftest(9, 1, 64, x, order, seed)[32:], written), order
+    assert selftest(9, 1, 64, x, "warp-reverse")[32:].isnan().all()
 
 
 @pytest.mark.parametrize("which,message", [
@@ -201,16 +213,25 @@ def test_update_kernel_ties_hold_after_a_move(simt, dtype):
 
 
 # --------------------------------------------------------------------------- barriers
-def test_thread_orders_agree_bit_for_bit(simt):
-    """Each kernel under four thread orders: any read of shared memory that is not ordered by a
-    barrier after its write would see different data in some order."""
-    protos, bank = torch.randn(3, 300), torch.randn(70, 300)
+ORDER_CASES = [  # dtype, M, G, C, filled, k, N: fp32 at C < 1024; fp64 with C > 1024, a top-k of one slot
+    (torch.float32, 3, 70, 300, 60, 40, 15), (torch.float64, 2, 40, 1100, 35, 1, 9)]
+
+
+@pytest.mark.parametrize("dtype,m,g,c,filled,topk,n", ORDER_CASES, ids=["fp32-C300", "fp64-C1100"])
+def test_thread_orders_agree_bit_for_bit(simt, dtype, m, g, c, filled, topk, n):
+    """Each kernel under seven thread orders: any read of shared memory that is not ordered by a
+    barrier after its write would see different data in some order (a warp at a time: also one
+    that a shuffle in between hides from the round-based orders)."""
+    gen = torch.Generator().manual_seed(c)
+    protos, bank = torch.randn(m, c, generator=gen, dtype=dtype), torch.randn(g, c, generator=gen, dtype=dtype)
+    new = torch.randn(n, c, generator=gen, dtype=dtype)  # filled + n > g: appends, then moves
+    bank[filled:] = float("nan")  # never read before written: a read of an appended row before its copy is NaN
     results = []
     for order, seed in ORDERS:
-        out, index, weights = simt.retrieve(protos, bank, 60, 40, 0.7, order=order, seed=seed)
+        out, index, weights = simt.retrieve(protos, bank, filled, topk, 0.7, order=order, seed=seed)
         grad = simt.retrieve_backward(torch.ones_like(protos), protos, bank, index, weights, 0.7, order=order, seed=seed)
         b = bank.clone()
-        simt.update_(b, 60, torch.randn(15, 300, generator=torch.Generator().manual_seed(3)), 0.9, order=order, seed=seed)
+        simt.update_(b, filled, new, 0.9, order=order, seed=seed)
         results.append((out, index, weights, grad, b))
     for other in results[1:]:
         for a, b in zip(results[0], other):

@@ -39,6 +39,18 @@ __global__ void racy_kernel(float* out) {
   out[t] = s[(t + 1) % blockDim.x];
 }
 
+// Warp 0 writes, every warp shuffles, warp 1 reads warp 0's slots: no barrier between, so a race
+// on a GPU (warp 1 needs only its own lanes to pass the shuffle), which the round-based orders
+// hide (every warp's shuffle resolves before any warp runs on) and the warp orders show.
+__global__ void shuffle_hidden_race_kernel(float* out) {
+  HR2G_DYNAMIC_SMEM(smem);
+  float* s = reinterpret_cast<float*>(smem);
+  const int t = threadIdx.x;
+  if (t < 32) s[t] = static_cast<float>(t + 1);
+  const float v = __shfl_xor_sync(0xffffffffu, 0.0f, 1);
+  out[t] = t >= 32 && t < 64 ? s[t - 32] : v;
+}
+
 __global__ void divergent_barrier_kernel(float* out) {
   if (threadIdx.x < 32) __syncthreads();
   out[threadIdx.x] = 1.0f;
@@ -79,7 +91,8 @@ __global__ void assert_kernel(float* out) {
 }  // namespace
 
 // which: 0 block_sum, 1 warp_sum, 2 racy, 3 divergent barrier, 4 two barriers, 5 partial-warp
-// shuffle, 6 shared-memory overflow, 7 uninitialised shared memory, 8 device assert.
+// shuffle, 6 shared-memory overflow, 7 uninitialised shared memory, 8 device assert, 9 a race
+// between warps that a shuffle hides from the round-based orders.
 // `x` holds blocks*threads inputs, `out` as many outputs.  Returns 0, or 1 with the message in err.
 extern "C" int hr2g_simt_selftest(int which, int order, uint64_t seed, int blocks, int threads, const float* x,
                                   float* out, char* err, int err_len) {
@@ -96,6 +109,7 @@ extern "C" int hr2g_simt_selftest(int which, int order, uint64_t seed, int block
       case 6: simt::launch(blocks, threads, smem, o, seed, smem_overflow_kernel, out, threads); break;
       case 7: simt::launch(blocks, threads, smem, o, seed, uninitialised_smem_kernel, out); break;
       case 8: simt::launch(blocks, threads, 0, o, seed, assert_kernel, out); break;
+      case 9: simt::launch(blocks, threads, smem, o, seed, shuffle_hidden_race_kernel, out); break;
       default: throw std::invalid_argument("unknown self-test kernel " + std::to_string(which));
     }
     return 0;

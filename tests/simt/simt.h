@@ -4,8 +4,8 @@
 // Each thread of a block is a coroutine (ucontext) on one OS thread.  The scheduler runs every
 // runnable thread up to its next synchronisation point: __syncthreads() parks it until the whole
 // block has arrived, __shfl_xor_sync() until all 32 lanes of its warp have, then the values are
-// exchanged.  Blocks of a grid run one after another.  What this checks that a plain C++ port
-// would not:
+// exchanged (a warp at a time in the warp orders, see Order).  Blocks of a grid run one after
+// another.  What this checks that a plain C++ port would not:
 //   * barrier placement: a read of shared memory that another thread writes in the same
 //     barrier interval gets different bits under different thread orders.  Launches take an
 //     order (forward, reverse, seeded random) and the tests require bit-equal results for all;
@@ -49,7 +49,12 @@ constexpr size_t kStackBytes = 64 * 1024;   // per emulated thread; the kernels 
 constexpr size_t kSmemGuardBytes = 4096;     // after the dynamic shared memory
 constexpr unsigned char kPoison = 0xFF;      // NaN in fp16/bf16/fp32/fp64, -1 in ints
 
-enum Order : int { kForward = 0, kReverse = 1, kRandom = 2 };
+// Thread orders.  The first three run every runnable thread of the block in a round, so a warp
+// never gets past a shuffle before the other warps reach their next barrier.  The warp orders run
+// one warp at a time to its next barrier (or its exit), resolving its shuffles as it goes, as a GPU
+// may: they expose a missing barrier between warps that a shuffle in between hides from the
+// others (warp 0 writes, shuffles, warp 1 reads -- warp 1 first sees the write undone).
+enum Order : int { kForward = 0, kReverse = 1, kRandom = 2, kWarpForward = 3, kWarpReverse = 4, kWarpRandom = 5 };
 
 struct KernelError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -107,12 +112,11 @@ inline std::string where() {
   return "block " + std::to_string(blockIdx.x) + " of " + std::to_string(gridDim.x);
 }
 
-// Exchange the shuffle operands of every warp whose 32 lanes are all parked at a shuffle.
-// Returns whether any warp moved; throws if a warp is split between a shuffle and anything else.
-inline bool resolve_shuffles(Block& b) {
-  bool moved = false;
-  const int n = static_cast<int>(b.threads.size());
-  for (int w0 = 0; w0 < n; w0 += kWarpSize) {
+// Exchange the shuffle operands of the warp starting at thread w0 if its 32 lanes are all parked
+// at a shuffle.  Returns whether it moved; throws if it is split between a shuffle and anything
+// else (called only once none of its lanes can run).
+inline bool resolve_warp(Block& b, int w0) {
+  {
     int at_shfl = 0, at_barrier = 0, done = 0;
     for (int l = 0; l < kWarpSize; ++l) {
       const State s = b.threads[w0 + l].state;
@@ -120,7 +124,7 @@ inline bool resolve_shuffles(Block& b) {
       at_barrier += s == State::kBarrier;
       done += s == State::kDone;
     }
-    if (at_shfl == 0) continue;
+    if (at_shfl == 0) return false;
     if (at_shfl != kWarpSize) {
       throw KernelError("__shfl_xor_sync(0xffffffff) reached by " + std::to_string(at_shfl) + " of the 32 lanes of warp " +
                         std::to_string(w0 / kWarpSize) + " (" + std::to_string(at_barrier) + " at __syncthreads, " +
@@ -140,9 +144,50 @@ inline bool resolve_shuffles(Block& b) {
       t.shfl_value = in[l ^ t.shfl_xor];
       t.state = State::kRunnable;
     }
-    moved = true;
   }
+  return true;
+}
+
+inline bool resolve_shuffles(Block& b) {
+  bool moved = false;
+  for (int w0 = 0; w0 < static_cast<int>(b.threads.size()); w0 += kWarpSize) moved = resolve_warp(b, w0) || moved;
   return moved;
+}
+
+// Resume each of `ready` once, up to its next synchronisation point, in the given order.
+inline void run_threads(Block& b, Order order, std::mt19937_64& rng, std::vector<int>& ready) {
+  if (order == kReverse || order == kWarpReverse) std::reverse(ready.begin(), ready.end());
+  if (order == kRandom || order == kWarpRandom) std::shuffle(ready.begin(), ready.end(), rng);
+  for (int i : ready) {
+    b.current = i;
+    threadIdx = dim3{static_cast<unsigned>(i), 1, 1};
+    swapcontext(&b.scheduler, &b.threads[i].ctx);
+    if (b.threads[i].state == State::kFailed) {
+      throw KernelError(b.error + " (thread " + std::to_string(i) + ", " + where() + ")");
+    }
+  }
+}
+
+// One warp at a time, in the order's warp order, each up to its next barrier or its exit.
+inline void run_by_warp(Block& b, Order order, std::mt19937_64& rng, std::vector<int>& ready) {
+  const int n = static_cast<int>(b.threads.size());
+  std::vector<int> warps;
+  for (int w0 = 0; w0 < n; w0 += kWarpSize) warps.push_back(w0);
+  if (order == kWarpReverse) std::reverse(warps.begin(), warps.end());
+  if (order == kWarpRandom) std::shuffle(warps.begin(), warps.end(), rng);
+  for (int w0 : warps) {
+    for (;;) {
+      ready.clear();
+      for (int i = w0; i < w0 + kWarpSize; ++i) {
+        if (b.threads[i].state == State::kRunnable) ready.push_back(i);
+      }
+      if (!ready.empty()) {
+        run_threads(b, order, rng, ready);
+      } else if (!resolve_warp(b, w0)) {
+        break;
+      }
+    }
+  }
 }
 
 inline void run_block(Block& b, Order order, std::mt19937_64& rng) {
@@ -158,25 +203,21 @@ inline void run_block(Block& b, Order order, std::mt19937_64& rng) {
   }
   std::vector<int> ready;
   ready.reserve(n);
+  const bool by_warp = order == kWarpForward || order == kWarpReverse || order == kWarpRandom;
   for (;;) {
-    ready.clear();
-    for (int i = 0; i < n; ++i) {
-      if (b.threads[i].state == State::kRunnable) ready.push_back(i);
-    }
-    if (!ready.empty()) {
-      if (order == kReverse) std::reverse(ready.begin(), ready.end());
-      if (order == kRandom) std::shuffle(ready.begin(), ready.end(), rng);
-      for (int i : ready) {
-        b.current = i;
-        threadIdx = dim3{static_cast<unsigned>(i), 1, 1};
-        swapcontext(&b.scheduler, &b.threads[i].ctx);
-        if (b.threads[i].state == State::kFailed) {
-          throw KernelError(b.error + " (thread " + std::to_string(i) + ", " + where() + ")");
-        }
+    if (by_warp) {
+      run_by_warp(b, order, rng, ready);  // every warp is now at a barrier or done
+    } else {
+      ready.clear();
+      for (int i = 0; i < n; ++i) {
+        if (b.threads[i].state == State::kRunnable) ready.push_back(i);
       }
-      continue;
+      if (!ready.empty()) {
+        run_threads(b, order, rng, ready);
+        continue;
+      }
+      if (resolve_shuffles(b)) continue;
     }
-    if (resolve_shuffles(b)) continue;
     int done = 0;
     for (const Thread& t : b.threads) done += t.state == State::kDone;
     if (done == n) return;
