@@ -240,5 +240,6 @@ def _write(points: list[SweepPoint], out: Path, args: argparse.Namespace, cfg: C
         print(f"wrote {paths['csv']}, {paths['json']}, {paths['md']}" + (f", {listing}" if unreadable else ""))
     return paths
 
+
 if __name__ == "__main__":
     main()

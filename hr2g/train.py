@@ -103,13 +103,13 @@ def main(argv=None) -> dict:
         # 128 + signal number, as a shell reports a process ended by that signal
         print(f"hr2g.train: {stop}; continue with: python -m hr2g.train --resume {stop.checkpoint}", file=sys.stderr)
         raise SystemExit(143 if stop.signal_name == "SIGTERM" else 130) from None
-    except (KeyboardInterrupt, SignalInterrupt) as exc:
+    except KeyboardInterrupt as exc:  # a SignalInterrupt is one too
         if args.verbose:
             raise
         last = Path(cfg.train.out_dir) / "last.pt"
         then = f"; continue from the last checkpoint with: python -m hr2g.train --resume {last}" if last.exists() else \
             " (no checkpoint was written yet)"
-        if isinstance(exc, SignalInterrupt):  # (a KeyboardInterrupt too)
+        if isinstance(exc, SignalInterrupt):  # the first signal outside the steps
             print(f"hr2g.train: {exc.signal_name} received outside the training steps (in setup, or once they were "
                   f"done): stopped at once{then}", file=sys.stderr)
             raise SystemExit(143 if exc.signal_name == "SIGTERM" else 130) from None

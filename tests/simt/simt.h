@@ -116,34 +116,32 @@ inline std::string where() {
 // at a shuffle.  Returns whether it moved; throws if it is split between a shuffle and anything
 // else (called only once none of its lanes can run).
 inline bool resolve_warp(Block& b, int w0) {
-  {
-    int at_shfl = 0, at_barrier = 0, done = 0;
-    for (int l = 0; l < kWarpSize; ++l) {
-      const State s = b.threads[w0 + l].state;
-      at_shfl += s == State::kShuffle;
-      at_barrier += s == State::kBarrier;
-      done += s == State::kDone;
+  int at_shfl = 0, at_barrier = 0, done = 0;
+  for (int l = 0; l < kWarpSize; ++l) {
+    const State s = b.threads[w0 + l].state;
+    at_shfl += s == State::kShuffle;
+    at_barrier += s == State::kBarrier;
+    done += s == State::kDone;
+  }
+  if (at_shfl == 0) return false;
+  if (at_shfl != kWarpSize) {
+    throw KernelError("__shfl_xor_sync(0xffffffff) reached by " + std::to_string(at_shfl) + " of the 32 lanes of warp " +
+                      std::to_string(w0 / kWarpSize) + " (" + std::to_string(at_barrier) + " at __syncthreads, " +
+                      std::to_string(done) + " exited), " + where());
+  }
+  uint64_t in[kWarpSize];
+  for (int l = 0; l < kWarpSize; ++l) {
+    const Thread& t = b.threads[w0 + l];
+    if (t.shfl_mask != 0xffffffffu || t.shfl_xor != b.threads[w0].shfl_xor) {
+      throw KernelError("lanes of warp " + std::to_string(w0 / kWarpSize) +
+                        " disagree on a shuffle's mask or lane offset, " + where());
     }
-    if (at_shfl == 0) return false;
-    if (at_shfl != kWarpSize) {
-      throw KernelError("__shfl_xor_sync(0xffffffff) reached by " + std::to_string(at_shfl) + " of the 32 lanes of warp " +
-                        std::to_string(w0 / kWarpSize) + " (" + std::to_string(at_barrier) + " at __syncthreads, " +
-                        std::to_string(done) + " exited), " + where());
-    }
-    uint64_t in[kWarpSize];
-    for (int l = 0; l < kWarpSize; ++l) {
-      const Thread& t = b.threads[w0 + l];
-      if (t.shfl_mask != 0xffffffffu || t.shfl_xor != b.threads[w0].shfl_xor) {
-        throw KernelError("lanes of warp " + std::to_string(w0 / kWarpSize) +
-                          " disagree on a shuffle's mask or lane offset, " + where());
-      }
-      in[l] = t.shfl_value;
-    }
-    for (int l = 0; l < kWarpSize; ++l) {
-      Thread& t = b.threads[w0 + l];
-      t.shfl_value = in[l ^ t.shfl_xor];
-      t.state = State::kRunnable;
-    }
+    in[l] = t.shfl_value;
+  }
+  for (int l = 0; l < kWarpSize; ++l) {
+    Thread& t = b.threads[w0 + l];
+    t.shfl_value = in[l ^ t.shfl_xor];
+    t.state = State::kRunnable;
   }
   return true;
 }
