@@ -170,6 +170,23 @@ def test_kernel_at_large_logits(device, b, h, s, d, ns):
     check_against_reference(q * 10, k, v, ns)
 
 
+@pytest.mark.parametrize("device", kernel_devices(), ids=str)
+@pytest.mark.parametrize("ns", [None, 4], ids=["nsall", "ns4"])
+def test_kernel_past_exp_overflow(device, ns):
+    """Raw scores up to ~300 at d16, past fp32's exp overflow at 88.7 (exp2 at 128), so a
+    softmax that skips its max shift gives inf/inf = NaN.  Ten samples fit one key tile, so the
+    backward recomputes p with _tile_softmax rather than the forward's stats: without the shift
+    there, every gradient was NaN while the forward stayed right.
+
+    q and k are quarter-integers (q then times 60), so every q.k is exact in fp32 whatever the
+    summation order: at these magnitudes an ulp of a score (3e-5) moves p by ~1e-5, and which of
+    the kernel's dot and the reference's happened to round better made the forward's error ratio
+    10x on one draw -- luck, not the softmax under test."""
+    q, k, v = rand_qkv(1, 2, 10, 16, device=device)
+    q, k = (torch.round(x * 4) / 4 for x in (q, k))
+    check_against_reference(q * 60, k, v, ns)
+
+
 @triton.jit
 def _scores_both_ways(q_ptr, k_ptr, s_ptr, st_ptr, D, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """One tile of scores the forward's way (``q k^T``, [BM, BN]) and the dk/dv programs' way
