@@ -72,13 +72,36 @@ def test_rn50_backbone_gets_conv_adapters_and_frozen_batchnorm():
     assert torch.equal(before, bn.running_mean), "BatchNorm statistics of the frozen RN50 changed in train()"
 
 
-@pytest.mark.parametrize("mask", ["adaptive", "support-support"])
+@pytest.mark.parametrize("mask", ["adaptive", "support-support", "global", "dense"])
 def test_isc_support_outputs_do_not_depend_on_queries(mask):
     model = _model(isc_mask=mask, ikt=False)
     fs, fq = torch.randn(1, 10, 4, 64), torch.randn(1, 3, 4, 64)
     out_s, _ = model.isc(fs, fq)
     out_s2, _ = model.isc(fs, torch.randn(1, 3, 4, 64) * 5)
     torch.testing.assert_close(out_s, out_s2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask", ["global", "dense"])
+def test_isc_video_level_and_dense_masks_reach_every_support_frame(mask):
+    """Both Table 5 baselines let a query's frame 0 see the last support's last frame, which the
+    per-frame masks cannot (the keys of dense are the first NS*T tokens, not the first NS)."""
+    model = _model(isc_mask=mask, ikt=False)
+    fs, fq = torch.randn(1, 10, 4, 64), torch.randn(1, 3, 4, 64)
+    fs2 = fs.clone()
+    fs2[:, -1, -1] = torch.randn(64) * 3
+    out_q, out_q2 = model.isc(fs, fq)[1], model.isc(fs2, fq)[1]
+    assert not torch.allclose(out_q[:, :, 0], out_q2[:, :, 0])
+    if mask == "global":  # one update per video, broadcast over T
+        upd = out_q - fq
+        torch.testing.assert_close(upd, upd[:, :, :1].expand_as(upd))
+
+
+def test_isc_per_frame_mask_keeps_frames_apart():
+    model = _model(isc_mask="adaptive", ikt=False)
+    fs, fq = torch.randn(1, 10, 4, 64), torch.randn(1, 3, 4, 64)
+    fs2 = fs.clone()
+    fs2[:, -1, -1] = torch.randn(64) * 3
+    torch.testing.assert_close(model.isc(fs, fq)[1][:, :, :-1], model.isc(fs2, fq)[1][:, :, :-1], rtol=0, atol=0)
 
 
 def test_isc_full_mask_does_depend_on_queries():
