@@ -207,3 +207,27 @@ def test_ikt_topk_rounds_halves_up(kappa, bank, topk):
     from hr2g.config import ModelConfig
 
     assert ModelConfig(ikt_kappa=kappa, ikt_bank_size=bank).ikt_topk == topk
+
+
+def test_ikt_retrieves_its_topk_and_updates_with_its_momentum():
+    """The model's IKT against the references on a full bank, with the config's O, mu and
+    temperature: retrieval over every slot (O ignored) or an update with 1 - mu both pass a test
+    that only checks shapes, finiteness or the fill count."""
+    from hr2g.reference import bank_retrieve_ref, bank_update_ref_
+
+    model = _model(ikt_bank_size=12, ikt_kappa=0.3, ikt_momentum=0.9, ikt_temperature=0.5)
+    ikt = model.ikt.train()
+    g, c = ikt.bank.shape
+    assert (g, ikt.topk, ikt.momentum, ikt.temperature) == (12, 4, 0.9, 0.5)
+    ikt.bank.copy_(torch.randn(g, c))
+    ikt.bank_filled.fill_(g)
+    p_hat = torch.randn(2, 3, c)
+    want = bank_retrieve_ref(p_hat.reshape(6, c), ikt.bank, g, 4, 0.5).view(2, 3, c)
+    torch.testing.assert_close(ikt.retrieve(p_hat), want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(want, bank_retrieve_ref(p_hat.reshape(6, c), ikt.bank, g, g, 0.5).view(2, 3, c))
+    bank = ikt.bank.clone()
+    assert bank_update_ref_(bank, g, p_hat.reshape(6, c), 0.9) == g
+    ikt.update_bank(p_hat)
+    torch.testing.assert_close(ikt.bank, bank, rtol=1e-6, atol=1e-6)
+    assert int(ikt.bank_filled) == g
+
