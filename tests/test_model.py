@@ -231,3 +231,25 @@ def test_ikt_retrieves_its_topk_and_updates_with_its_momentum():
     torch.testing.assert_close(ikt.bank, bank, rtol=1e-6, atol=1e-6)
     assert int(ikt.bank_filled) == g
 
+
+def test_otam_logits_are_minus_the_mean_over_each_class_supports():
+    """N = 3, K = 2, supports class-major: a view that groups (n, k) the other way, or a mean over
+    the classes, mixes classes -- K = 1 tests cannot tell."""
+    from hr2g.model.metrics import OTAM
+    from hr2g.reference import otam_distance_ref
+
+    q, s = torch.randn(2, 4, 5, 16), torch.randn(2, 6, 5, 16)
+    d = otam_distance_ref(q, s, 0.3)  # [E, L, N*K]
+    want = -torch.stack([(d[..., 2 * n] + d[..., 2 * n + 1]) / 2 for n in range(3)], dim=-1)
+    torch.testing.assert_close(OTAM(0.3)(q, s, 2), want, rtol=1e-6, atol=1e-6)
+
+
+def test_text_token_conditions_each_support_on_its_own_class():
+    """At K = 2 the supports are class-major (a a b b c c): support j gets class j // K's text,
+    not j % N's (repeat, not repeat_interleave)."""
+    model = _model(isc=False, ikt=False, text_token=True).eval()
+    s, q, t = torch.randn(1, 6, 4, 64), torch.randn(1, 2, 4, 64), torch.randn(1, 3, 64)
+    out = model.head(s, q, t, 2)
+    for j in range(6):
+        torch.testing.assert_close(out.support[:, j], model.temporal(s[:, j], t[:, j // 2]), rtol=1e-5, atol=1e-6)
+
