@@ -158,6 +158,31 @@ def test_evaluation_drops_the_episodes_it_cannot_repair(caplog):
     assert all(0 not in sp.classes for sp in kept) and "dropped: a class of theirs has fewer than 2" in caplog.text
 
 
+class _Oracle:
+    """A head whose logit for episode class n is the query's feature dotted with class n's text:
+    with one-hot features of the dataset label it names every query's class."""
+
+    def head(self, support, query, class_text, k_shot):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.einsum("elc,enc->eln", query.mean(2), class_text))
+
+
+def test_episode_accuracy_scores_class_major_queries_against_their_own_class():
+    """N = 3, Q = 2: queries are class-major (a a b b c c).  Labels built the other way
+    (a b c a b c) give the oracle 1/3; a head that always answers class 0 gets 1/N either way."""
+    from hr2g.evaluation import episode_accuracies
+
+    ds = FlakyDataset(classes=6)
+    specs = EpisodeSampler(ds.labels, n_way=3, k_shot=2, q_query=2, split="evaluation").fixed(9, 0)
+    feats = torch.eye(6)[torch.as_tensor(ds.labels)][:, None, :].expand(-1, 2, -1)  # [V, T, C] one-hot labels
+    rows = {i: i for i in range(len(ds.labels))}
+    acc = episode_accuracies(_Oracle(), feats, rows, specs, torch.eye(6), 3, 2, 2, batch_episodes=4, amp=False)
+    np.testing.assert_array_equal(acc, np.ones(9))
+    acc0 = episode_accuracies(_Oracle(), feats, rows, specs, torch.zeros(6, 6), 3, 2, 2, batch_episodes=4, amp=False)
+    np.testing.assert_allclose(acc0, np.full(9, 1 / 3))  # all ties: argmax is class 0
+
+
 def test_confidence_interval_uses_the_sample_std():
     from hr2g.evaluation import confidence95
 
