@@ -247,6 +247,27 @@ def test_checkpoints_load_without_running_code_from_the_file(trained, tmp_path):
         checkpoint.load(bad)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fsync's file through /proc")
+def test_atomic_save_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Without the first fsync a power cut after the rename can leave c.pt empty (ext4's delayed
+    allocation); without the second, the old c.pt can come back."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", "folder" if os.path.isdir(target) else "tmp" if target.endswith(checkpoint.TMP_SUFFIX) else target))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint.save_atomic({"config": {}, "model": {"x": torch.ones(2)}}, tmp_path / "c.pt")
+    assert events == [("fsync", "tmp"), ("replace", "c.pt"), ("fsync", "folder")]
+
+
 def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
     import os
 
