@@ -239,6 +239,27 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
         training.train(cfg, progress=False)
 
 
+def test_a_resumed_run_keeps_the_best_validation_it_resumed_from(tmp_path, monkeypatch):
+    """Epoch 1 validates at 0.9, the resumed epoch 2 at 0.5: best.pt must stay epoch 1's.  A
+    resume that forgot best_val took 0.5 for a new best and overwrote it."""
+    import numpy as np
+
+    from hr2g import evaluation
+
+    scores = iter([0.9, 0.5])
+    monkeypatch.setattr(evaluation, "evaluate_model",  # train imports it at each call
+                        lambda *a, **k: evaluation.EvalResult(next(scores), 0.0, 4, np.zeros(4)))
+    cfg = _cfg(tmp_path)
+    cfg.train.epochs = 1
+    training.train(cfg, progress=False)
+    cfg.train.epochs = 2
+    summary = training.train(cfg, resume="auto", progress=False)
+    best = checkpoint.load(f"{cfg.train.out_dir}/best.pt")
+    assert (best["epoch"], best["best_val"]) == (1, 0.9)
+    assert summary["best_val"] == 0.9 and summary["val_accuracy"] == 0.5
+    assert checkpoint.load(f"{cfg.train.out_dir}/last.pt")["best_val"] == 0.9
+
+
 def test_row_positions_put_step_and_epoch_rows_on_one_axis():
     rows = [{"epoch": e, "step": s} for e, s in [(0, 2), (0, 3), (1, 3), (1, 1), (1, 3), (2, 3), (3, 3)]]
     assert row_positions(rows, 3) == [(2, False), (3, False), (3, True), (4, False), (6, False), (6, True), (9, True)]
