@@ -80,6 +80,23 @@ def test_evaluation_leaves_the_bank_bit_identical_and_checkpoints_round_trip(tra
     assert res2.per_episode.tolist() == res.per_episode.tolist()
 
 
+def test_evaluation_refuses_a_head_that_writes_the_bank(trained, monkeypatch):
+    """The frozen-bank check is the last line against test classes leaking into the bank (through
+    a new metric, a hook, a stray update call): it must fire, not just exist."""
+    cfg, summary = trained
+    model, cfg2 = load_model(checkpoint.load(summary["last"]), torch.device("cpu"))
+    real = model.head
+
+    def leaky_head(*args, **kwargs):
+        model.ikt.bank.add_(1e-3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "head", leaky_head)
+    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
+    with pytest.raises(AssertionError, match="evaluation changed the knowledge bank"):
+        evaluate_model(model, test, cfg2, episodes=5, seed=3, k_shot=1, batch_episodes=5, progress=False)
+
+
 @pytest.mark.gpu
 def test_the_tiny_model_trains_and_evaluates_on_a_gpu_with_the_fused_ops(tmp_path, cuda_device):
     """The other whole-model tests run on the CPU (bit-for-bit resumes are a CPU promise).  This one
