@@ -100,12 +100,27 @@ def variant_config(base: Config, variant: Variant, needs: tuple[str, ...] = ()) 
     return cfg.validate()
 
 
-def _fingerprint(cfg: Config, episodes: int) -> dict:
-    """What makes two results interchangeable: the whole config except where it is written."""
-    d = json.loads(cfg.dumps())
-    d["train"].pop("out_dir")
-    d["eval"]["episodes"] = episodes
+# Settings that change how a run goes, not what it gives: decoding workers (a run is bit-identical
+# at any count: tests/test_training.py), log and checkpoint cadence, TensorBoard, the NCCL timeout.
+# In the fingerprint, --set data.num_workers=4 on a finished study stopped it ("a different
+# configuration") and --rerun then retrained every variant to the same numbers.
+NOT_IN_RESULT = (("data", "num_workers"), ("train", "log_every"), ("train", "checkpoint_every"),
+                 ("train", "tensorboard"), ("train", "dist_timeout_min"), ("train", "out_dir"))
+
+
+def _result_fields(d: dict) -> dict:
+    """``d`` (a fingerprint or a config, also one an older version wrote) less NOT_IN_RESULT."""
+    d = {section: dict(part) for section, part in d.items()}
+    for section, key in NOT_IN_RESULT:
+        d.get(section, {}).pop(key, None)
     return d
+
+
+def _fingerprint(cfg: Config, episodes: int) -> dict:
+    """What makes two results interchangeable: the config less NOT_IN_RESULT, at ``episodes``."""
+    d = json.loads(cfg.dumps())
+    d["eval"]["episodes"] = episodes
+    return _result_fields(d)
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -132,7 +147,7 @@ def _equal_result(out: Path, fp: dict, exclude: Path, only: set[Path] | None) ->
         if path == exclude or (only is not None and path not in only):
             continue
         old = json.loads(path.read_text())
-        if old["config"] == fp and not old["row"]["reused_from"]:
+        if _result_fields(old["config"]) == fp and not old["row"]["reused_from"]:
             return old["row"]
     return None
 
@@ -175,6 +190,7 @@ def run_variant(base: Config, study: Study, variant: Variant, out: Path, episode
     label = f"{study.name}/{variant.name}"
     if result_path.exists() and (not rerun or result_path in fresh):
         old = json.loads(result_path.read_text())
+        old["config"] = _result_fields(old["config"])
         if old["config"] == fp:
             log.info("%s: result exists (%s), skipped", label, result_path)
             return old["row"]

@@ -62,6 +62,24 @@ def test_rerunning_skips_finished_variants_and_identical_configs_are_shared(tabl
     assert [r["study"] for r in csv.DictReader(open(out / "results.csv"))] == ["table4"] * 4 + ["table10"] * 2
 
 
+def test_settings_that_do_not_change_results_do_not_stop_a_finished_study(table4, tmp_path, monkeypatch):
+    """--set data.num_workers=1 (a run is bit-identical at any worker count) or a new log cadence
+    stopped a finished study as "a different configuration"; result.json files written before the
+    fingerprint left them out (holding data.num_workers and train.out_dir) still count."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(table4[0], out)
+    older = out / "table4" / "baseline" / "result.json"
+    doc = json.loads(older.read_text())
+    doc["config"]["data"]["num_workers"], doc["config"]["train"]["out_dir"] = 0, "somewhere/run"
+    older.write_text(json.dumps(doc))
+    calls = _count_trainings(monkeypatch)
+    rows = ablate.main(["--study", "table4", "--out", str(out), "--set", "data.num_workers=1",
+                        "--set", "train.log_every=2", "--set", "train.checkpoint_every=7"] + TINY)
+    assert calls == [] and rows == table4[1]
+
+
 def test_a_changed_configuration_stops_instead_of_mixing_results(table4):
     out, _ = table4
     with pytest.raises(SystemExit, match=r"different configuration \(train.lr: 0.001 -> 0.002\).*--rerun"):
