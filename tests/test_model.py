@@ -201,9 +201,11 @@ def test_the_bank_fill_count_is_read_once_and_follows_every_write():
 
 
 @pytest.mark.parametrize("kappa, bank, topk", [(0.7, 50, 35), (0.7, 15, 11), (0.5, 5, 3), (0.5, 3, 2), (0.1, 4, 1),
-                                               (0.01, 10, 1), (1.0, 7, 7), (0.3, 10, 3)])
+                                               (0.01, 10, 1), (1.0, 7, 7), (0.3, 10, 3),
+                                               (0.29, 50, 15), (0.7, 45, 32)])  # 14.4999... and 31.4999... in fp64
 def test_ikt_topk_rounds_halves_up(kappa, bank, topk):
-    """O = round(kappa * G) with halves up: Python's round() gave 10 at 0.7 x 15 and 2 at 0.5 x 5."""
+    """O = round(kappa * G) with halves up: Python's round() gave 10 at 0.7 x 15 and 2 at 0.5 x 5;
+    0.29 x 50 is 14.499999999999998 in fp64, 14 slots without the 1e-9."""
     from hr2g.config import ModelConfig
 
     assert ModelConfig(ikt_kappa=kappa, ikt_bank_size=bank).ikt_topk == topk

@@ -285,6 +285,23 @@ def test_atomic_save_syncs_the_data_before_the_rename_and_the_folder_after(tmp_p
     assert events == [("fsync", "tmp"), ("replace", "c.pt"), ("fsync", "folder")]
 
 
+def test_load_refuses_a_folder_and_a_file_that_is_no_hr2g_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"is a folder; pass a .pt file in it"):
+        checkpoint.load(tmp_path)
+    for entries, missing in (({"config": {}}, "model"), ({"model": {}}, "config")):
+        checkpoint.save_atomic(entries, tmp_path / "other.pt")
+        with pytest.raises(ValueError, match=rf"has no '{missing}' entry: not an hr2g checkpoint"):
+            checkpoint.load(tmp_path / "other.pt")
+
+
+def test_the_run_lock_holds_exactly_its_own_pid(tmp_path):
+    """The lock file is reused across runs: a longer PID left by an earlier run must not show
+    through a shorter one (the message of a refused second run quotes it)."""
+    (tmp_path / ".lock").write_text("9999999999\n")
+    with checkpoint.RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
 def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
     import os
 
