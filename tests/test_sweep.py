@@ -139,7 +139,7 @@ def test_a_grid_point_without_episodes_is_reported_and_the_others_still_count(ck
     points = sweep.main(argv)
     one, three = points
     assert (one.k_shot, one.episodes) == (1, 5) and one.accuracy is not None
-    assert (three.k_shot, three.episodes, three.accuracy, three.ci95) == (3, 0, None, None)
+    assert (three.k_shot, three.episodes, three.accuracy, three.ci95, three.chance) == (3, 0, None, None, 20.0)
     assert "grid point 5-way 3-shot skipped: test, 5-way 3-shot: every episode has a class with fewer than 4" in caplog.text
     out = capsys.readouterr().out
     assert ", 5 episodes per point, no episode left at 5-way 3-shot (unreadable videos)," in out
@@ -155,6 +155,35 @@ def test_a_grid_point_without_episodes_is_reported_and_the_others_still_count(ck
     with pytest.raises(SystemExit, match=r"^error: no grid point has an episode left after 96 unreadable videos.*"
                                          r"; 96 unreadable videos: .* \(moov atom not found\)"):
         sweep.main(argv[:5] + ["3"] + argv[7:])
+
+
+def test_sweep_scores_in_eval_mode_and_leaves_the_model_in_its_mode(ckpt):
+    """The tiny model has no dropout, so a head run in train mode scores the same: the mode is
+    checked where the head runs (a model with dropout, or BatchNorm, would not)."""
+    model, cfg = _model(ckpt)
+    modes, head = [], model.head
+    model.head = lambda *a: (modes.append(model.training), head(*a))[1]
+    for training in (True, False):
+        model.train(training)
+        sweep.sweep(model, _test_split(), cfg, ways=[5], shots=[1], episodes=2, seed=0, progress=False)
+        assert model.training is training
+    assert modes and not any(modes)
+
+
+def test_unreadable_videos_are_repaired_as_evaluate_repairs_them(ckpt):
+    """The same seeded repair as evaluate_model: a point's episodes, and so its accuracy, are the
+    evaluation's at the same seed also when videos are replaced."""
+    model, cfg = _model(ckpt)
+    data = _HalfUnreadable("test", videos_per_class=6, frames=4, image_size=32)
+    (point,) = sweep.sweep(model, data, cfg, ways=[5], shots=[1], episodes=8, seed=2, progress=False)
+    ref = evaluate_model(model, data, cfg, episodes=8, seed=2, k_shot=1, n_way=5, progress=False)
+    assert ref.skipped_videos and point.per_episode.tolist() == ref.per_episode.tolist()
+
+
+def test_seed_zero_is_the_seed_asked_for(ckpt, tmp_path, capsys):
+    points = sweep.main(["--checkpoint", ckpt, "--ways", "5", "--shots", "1", "--episodes", "2", "--seed", "0",
+                         "--out", str(tmp_path), "--no-progress", "--device", "cpu"])
+    assert [p.seed for p in points] == [0] and ", seed 0," in capsys.readouterr().out
 
 
 def test_a_clean_sweep_removes_a_stale_list_of_unreadable_videos(ckpt, tmp_path):
