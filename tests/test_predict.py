@@ -76,6 +76,13 @@ def test_frame_folders_are_classified_exactly_like_a_model_forward(ckpt, tmp_pat
         assert scores.sum() == pytest.approx(1.0, abs=1e-3)
         assert np.allclose(scores, want.softmax(-1).numpy(), atol=1e-4)
         assert entry["prediction"] == result["classes"][int(want.argmax())]
+    # the text output: each query's best class first, then its scores from the highest down
+    predict.main(["--checkpoint", ckpt, "--support", str(support), "--query", *queries, "--device", "cpu", "--top", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    for entry in result["queries"]:
+        at = lines.index(f"{entry['query']}: {entry['prediction']} ({entry['score']:.2f})")
+        listed = [float(line.split()[0]) for line in lines[at + 1 : at + 4]]
+        assert listed == sorted(listed, reverse=True) and listed[0] == pytest.approx(entry["score"], abs=1e-3)
 
 
 def test_video_files_of_every_codec_decode_and_classify(ckpt, tmp_path, capsys, caplog):
@@ -123,6 +130,49 @@ def test_unequal_classes_stop_or_are_subsampled(ckpt, tmp_path):
     assert sum(r["queries"][0]["scores"].values()) == pytest.approx(1.0, abs=1e-3)
     # each draw is a seeded 2-of-3 subset of "jump": the same seed gives the same scores, draws average them
     assert predict.main(args + ["--draws", "4"])["queries"][0]["scores"] == r["queries"][0]["scores"]
+
+
+class _RecordingHead:
+    """A stand-in model for ``classify``: the logit of class n is the mean of the ids its supports
+    carry (feature value = clip id), and every episode's supports are recorded."""
+
+    def __init__(self):
+        self.episodes = []
+
+    def eval(self):
+        return self
+
+    def text_features(self, names):
+        return torch.zeros(len(names), 4)
+
+    def head(self, sup, query, text, k):
+        from types import SimpleNamespace
+
+        self.episodes.append(sup[0, :, 0, 0].tolist())
+        return SimpleNamespace(logits=sup[:, :, 0, 0].view(len(sup), 1, -1, k).mean(-1))
+
+
+def test_subsampled_draws_pick_distinct_clips_and_average_every_draw():
+    """Class 0 has 5 clips, class 1 two: each of 6 draws takes 2 different clips of class 0 (not
+    with replacement), and the scores are the mean over the draws (not the last draw's)."""
+    support = [torch.arange(5.0).view(5, 1, 1).expand(5, 3, 4), torch.full((2, 3, 4), 10.0)]
+    head = _RecordingHead()
+    probs, logits = predict.classify(head, support, torch.zeros(1, 3, 4), ["a", "b"], amp=False, draws=6, seed=0)
+    assert len(head.episodes) == 6
+    picks = [tuple(e[:2]) for e in head.episodes]
+    assert all(a < b for a, b in picks), picks  # distinct, in clip order
+    assert len(set(picks)) > 1  # the draws differ
+    want = torch.tensor([[sum(a + b for a, b in picks) / 12, 10.0]])
+    torch.testing.assert_close(torch.from_numpy(logits), want)
+    draw_probs = torch.stack([torch.tensor([(a + b) / 2, 10.0]).softmax(-1) for a, b in picks]).mean(0)
+    torch.testing.assert_close(torch.from_numpy(probs)[0], draw_probs)
+
+
+@pytest.mark.parametrize("flag", ["--draws", "--top"])
+def test_draws_and_top_below_one_name_the_flag(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        predict.parse_args(["--checkpoint", "x.pt", "--support", "s", "--query", "q", flag, "0"])
+    assert exc.value.code == 2 and f"{flag} expects an integer >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, argv_tail, message", [
