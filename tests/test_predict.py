@@ -175,10 +175,29 @@ def test_draws_and_top_below_one_name_the_flag(flag, capsys):
     assert exc.value.code == 2 and f"{flag} expects an integer >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, want", [([], "auto"), (["--decoder", "pyav"], "pyav")])
+def test_the_decoder_is_the_flag_or_else_the_checkpoints(ckpt, tmp_path, monkeypatch, flag, want):
+    class Decoded(Exception):
+        pass
+
+    def record(paths, frames, size, decoder, device):
+        raise Decoded(decoder)
+
+    for name in ("a", "b"):
+        (tmp_path / "support" / name / "clip0").mkdir(parents=True)
+    monkeypatch.setattr(predict, "_decode", record)
+    with pytest.raises(Decoded) as got:
+        predict.main(["--checkpoint", ckpt, "--support", str(tmp_path / "support"), "--query", str(tmp_path),
+                      "--device", "cpu"] + flag)
+    assert str(got.value) == want
+
+
 @pytest.mark.parametrize("make, argv_tail, message", [
     (lambda s: None, [], r"--support: .* is not a folder"),
     (lambda s: (s / "only_one" / "c").mkdir(parents=True), [], r"--support: .* has 1 class folder\(s\)"),
     (lambda s: [(s / n).mkdir(parents=True) for n in ("a", "b")], [], r"--support: class folder .*a holds no video file"),
+    (lambda s: [(s / n / "clip0").mkdir(parents=True) for n in ("brush_hair", "BrushHair")], [],
+     r"--support: .*class folders with the same name once read as words: \['brush hair'\]"),
 ])
 def test_bad_support_folders_name_the_flag(ckpt, tmp_path, make, argv_tail, message):
     support = tmp_path / "support"
