@@ -38,6 +38,7 @@ def test_tiny_report_parameters_flops_and_cpu_memory(tmp_path, capsys):
     assert json.loads(path.read_text()) == json.loads(json.dumps(r))
     p = r["params"]
     c, t, n, l = 64, 8, 5, 5  # tiny: joint width 64, T=8, 5-way 1-shot, 1 query per class
+    assert r["videos_per_episode"] == n + l  # N * (K + Q)
     want = heads_params(c) | {"adapters": adapters(64, 2, 16), "metric": 0, "aux_logit_scale": 0}
     assert {k: p["modules"][k] for k in want} == want
     assert p["trainable"] == sum(want.values()) and p["trainable"] + p["frozen"] == p["total"]

@@ -62,6 +62,16 @@ def test_tensors_on_two_devices_are_refused_up_front(op):
         _calls()[op](**OTHER_DEVICE[op]())
 
 
+@pytest.mark.parametrize("op, backend", [("otam_distance", "triton"), ("bank_retrieve", "ext")])
+def test_the_dispatcher_itself_refuses_two_devices(op, backend):
+    """The ops check devices before dispatching; ``refusal`` is also what ``hr2g.info`` and a
+    caller of ``reasons`` see, and must say it too."""
+    a, b = (torch.randn(1, 2, 4, 8), torch.randn(1, 3, 4, 8, device="meta")) if op == "otam_distance" else \
+        (torch.randn(3, 8), torch.randn(5, 8, device="meta"))
+    args = (a, b, 0.5) if op == "otam_distance" else (a, b, 5, 2, 1.0)
+    assert _dispatch.refusal(op, backend, args) == "tensors are on different devices: ['cpu', 'meta']"
+
+
 @pytest.mark.parametrize("op, arg, value", [("sample_attention", "n_support", 2.7), ("bank_retrieve", "filled", 4.5),
                                             ("bank_retrieve", "topk", 1.5), ("bank_update_", "filled", 5.2)])
 def test_fractional_counts_are_refused(op, arg, value):

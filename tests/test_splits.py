@@ -49,6 +49,13 @@ def test_indexed_path_list(tmp_path):
     assert s.videos[3] == "videos/catch/c d.avi"
 
 
+def test_an_indexed_list_out_of_class_order_names_each_index_its_own_folder(tmp_path):
+    """Class 1's lines first: the names go by index, not by first appearance (b's videos would be
+    prompted as "a" and a's as "b")."""
+    s = read_split(write(tmp_path / "train.txt", ["train1//videos/b/x.avi", "train0//videos/a/y.avi"]))
+    assert s.folders == ["a", "b"] and s.class_names == ["a", "b"] and s.labels.tolist() == [1, 0]
+
+
 def test_byte_order_mark_and_crlf_are_ignored(tmp_path):
     # a list re-saved by a Windows editor: BOM + CRLF; the BOM used to make line 1 unlike the rest,
     # so the list was read as "class name/video" with a class called "\ufefftrain0//videos/brush hair"

@@ -302,3 +302,52 @@ def test_a_forked_decoding_worker_ignores_the_signal_its_parent_handles(capfd):
         assert "received" not in capfd.readouterr().err
         os.kill(os.getpid(), signal.SIGINT)  # the owner still records it, once
         assert stop.received == "SIGINT" and capfd.readouterr().err.count("SIGINT received") == 1
+
+
+def test_a_sigterm_after_a_sigint_waits_and_a_second_sigint_stops_at_once(capfd):
+    """The first signal names the stop; a scheduler's SIGTERM after a Ctrl-C still lets the step
+    finish (only a second Ctrl-C means "now"), and the stop keeps the first signal's name."""
+    with stopping.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert capfd.readouterr().err.count("received: finishing this step") == 2
+
+
+def test_interrupt_on_signal_leaves_a_forked_workers_signal_to_its_parent():
+    with stopping.InterruptOnSignal() as handler:
+        handler._owner = os.getpid() + 1  # as a forked worker sees the handler it inherited
+        handler._handle(signal.SIGTERM, None)  # returns: the parent decides
+        handler._owner = os.getpid()
+        with pytest.raises(stopping.SignalInterrupt, match="SIGTERM"):
+            handler._handle(signal.SIGTERM, None)
+
+
+def test_positions_count_epochs_from_one():
+    assert stopping.position(2, 0) == "before epoch 3" and stopping.position(0, 5) == "after step 5 of epoch 1"
+
+
+def test_an_epoch_without_validation_sends_no_val_scalar(tmp_path, monkeypatch):
+    """NaN val/acc points (validation off) drew a broken line in TensorBoard."""
+    from hr2g import runlog
+
+    tags = []
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            tags.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runlog, "_open_tensorboard", lambda folder, purge: Writer())
+    log = runlog.RunLog(tmp_path, 3, tensorboard=True)
+    log.epoch_row(1, 1.0, 0.5, 1e-3, 3, 0, 1.0, float("nan"))
+    log.epoch_row(2, 1.0, 0.5, 1e-3, 3, 0, 2.0, 0.5)
+    log.close()
+    assert [s for t, s in tags if t == "val/acc"] == [6] and ("epoch/loss", 3) in tags
