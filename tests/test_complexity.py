@@ -68,6 +68,22 @@ def test_tiny_report_parameters_flops_and_cpu_memory(tmp_path, capsys):
     assert "peak memory n/a (CPU)" in out and "0.101M trainable" in out
 
 
+def test_flops_outside_the_modules_are_other_and_still_in_the_total(monkeypatch):
+    """FLOPs no module group claims (here a 3x5 @ 5x7 product after the forward) are reported as
+    "other", so the breakdown always sums to the total."""
+    real = complexity.inference_step
+
+    def with_a_loose_matmul(*args):
+        out = real(*args)
+        torch.ones(3, 5) @ torch.ones(5, 7)
+        return out
+
+    monkeypatch.setattr(complexity, "inference_step", with_a_loose_matmul)
+    r = complexity.main(["--preset", "tiny", "--device", "cpu", "--no-timing", "--no-backward"])
+    f = r["inference"]["flops"]
+    assert f["modules"]["other"] == 2 * 3 * 5 * 7 and f["total"] == sum(f["modules"].values())
+
+
 def test_vit_b16_parameters_match_open_clip():
     r = complexity.main(["--preset", "hmdb51", "--set", "model.pretrained=none", "--device", "cpu", "--no-flops",
                          "--no-timing"])

@@ -349,6 +349,11 @@ def test_a_typo_in_an_indexed_list_is_named_not_read_as_another_format(tmp_path)
     with pytest.raises(ValueError, match=r"t\.txt:4: 'test1/videos/b/b2.mp4' is not a indexed_path line like .*, as 3 "
                                          r"of the list's 4 lines are"):
         read_split(write(tmp_path / "t.txt", lines))
+    # "most" is more than half: a named list whose class folders happen to look like "test0/" in
+    # half its lines is still a named list (2 of 4 here), read as written
+    half = ["test0//a1.mp4", "test0//a2.mp4", "kick_ball/k1.mp4", "run/r1.mp4"]
+    split = read_split(write(tmp_path / "half.txt", half), split="test")
+    assert split.format == "named" and split.folders == ["test0/", "kick_ball", "run"]
 
 
 def test_repeated_lines_are_dropped_and_a_video_under_two_classes_refused(tmp_path, caplog):

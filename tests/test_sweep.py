@@ -95,6 +95,13 @@ def test_the_header_counts_the_episodes_each_point_scored(ckpt, tmp_path, capsys
     sweep.main(argv)
     assert ", 4-6 episodes per point (of 6 drawn)," in capsys.readouterr().out
 
+    def dropping_everywhere(*args, **kwargs):  # one count at every point, but not the one asked for
+        return [dataclasses.replace(p, episodes=p.episodes - 2) for p in real(*args, **kwargs)]
+
+    monkeypatch.setattr(sweep, "sweep", dropping_everywhere)
+    sweep.main(argv)
+    assert ", 4 episodes per point (of 6 drawn)," in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--ways", "40"], r"--ways / --shots / --queries: grid point 40-way 1-shot cannot be sampled: .*n_way <= 32"),
