@@ -2,8 +2,10 @@
 
 Rows: one every ``log_every`` steps (``epoch`` = the running epoch, 0-based, ``step`` within it,
 running means over the last ``log_every`` steps) and one at each epoch's end (``epoch`` = epochs
-completed, ``step`` = steps per epoch, means over the epoch, ``val_acc``).  Both put a row on one
-global-step axis (:func:`row_positions`), which is also TensorBoard's step.
+completed, ``step`` = steps per epoch, means over the epoch, ``val_acc``).  ``global_step`` puts
+both on one axis, TensorBoard's step: ``epoch * steps + step`` for a step row, ``epoch * steps``
+for an end row (:func:`row_positions`; logs written before that column existed are read by the
+epoch/step pattern alone, and a resume rewrites them with it).
 
 A resumed run first drops the rows the interrupted run wrote after its checkpoint's position
 (they are about to be written again), and TensorBoard purges those steps, so the log of a resumed
@@ -20,20 +22,28 @@ from hr2g.checkpoint import write_csv_atomic
 
 log = logging.getLogger("hr2g.train")
 
-COLUMNS = ["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc"]
+COLUMNS = ["epoch", "step", "loss", "acc", "lr", "bank_filled", "skipped_videos", "elapsed_s", "val_acc", "global_step"]
 
 
 def row_positions(rows: list[dict], steps_per_epoch: int) -> list[tuple[int, bool]]:
     """(global step, is an epoch-end row) of each log row, in order.
 
-    An end row is one whose epoch is one more than the previous row's, with ``step`` at the
-    epoch's length; its position is the end of that epoch.
+    A row's ``global_step`` says which it is: ``(e, steps)`` at ``e * steps`` ends epoch e, at
+    ``(e + 1) * steps`` is epoch e's last step row.  A row without one (a log from before the
+    column) is an end row if its epoch is one more than the previous row's and ``step`` is the
+    epoch's length -- a guess for a log's first row: ``(6, steps)`` first in a log that begins
+    at epoch 6 was taken for a step row, one epoch late, where it ended epoch 6.
     """
     out, prev_epoch = [], 0
     for r in rows:
         e, s = int(r["epoch"]), int(r["step"])
-        is_end = s == steps_per_epoch and e == prev_epoch + 1
-        out.append((e * steps_per_epoch if is_end else e * steps_per_epoch + s, is_end))
+        g = r.get("global_step")
+        if g not in (None, ""):
+            g = int(g)
+            out.append((g, s == steps_per_epoch and g == e * steps_per_epoch))
+        else:
+            is_end = s == steps_per_epoch and e == prev_epoch + 1
+            out.append((e * steps_per_epoch if is_end else e * steps_per_epoch + s, is_end))
         prev_epoch = e
     return out
 
@@ -95,13 +105,17 @@ class RunLog:
 
     def _truncate(self, path: Path, resume_at: int, mid_epoch: bool) -> None:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames
         whole = [r for r in rows if complete_row(r)]  # a crash (a full disk) can leave a last row cut short
         if len(whole) < len(rows):
             log.warning("log.csv: dropped %d incomplete rows", len(rows) - len(whole))
-        keep = [r for r, (x, end) in zip(whole, row_positions(whole, self.steps_per_epoch))
-                if x < resume_at or (x == resume_at and not (end and mid_epoch))]
-        if len(keep) == len(rows):
+        keep = []
+        for r, (x, end) in zip(whole, row_positions(whole, self.steps_per_epoch)):
+            if x < resume_at or (x == resume_at and not (end and mid_epoch)):
+                keep.append(r | {"global_step": x})  # an older log's rows get the column (the same for newer ones)
+        if len(keep) == len(rows) and header == COLUMNS:
             return
         write_csv_atomic(path, COLUMNS, keep, extrasaction="ignore")
         if len(keep) < len(whole):
@@ -131,7 +145,7 @@ class RunLog:
 
     def _write(self, v: list, x: int, scalars: dict[str, float]) -> None:
         self._csv.writerow([v[0], v[1], f"{v[2]:.5f}", f"{v[3]:.4f}", f"{v[4]:.3g}", v[5], v[6], f"{v[7]:.1f}",
-                            "" if v[8] != v[8] else f"{v[8]:.4f}"])
+                            "" if v[8] != v[8] else f"{v[8]:.4f}", x])
         self._file.flush()
         if self._tb is not None:
             self._scalars(x, scalars)

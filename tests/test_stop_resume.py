@@ -222,6 +222,9 @@ def test_tensorboard_scalars_mirror_the_csv_log(uninterrupted):
     scalars = _tensorboard_scalars(cfg.train.out_dir)
     rows = _read_log(cfg.train.out_dir)
     positions = row_positions(rows, STEPS)
+    assert [int(r["global_step"]) for r in rows] == [x for x, _ in positions]
+    # the column and the epoch/step pattern agree on a whole log (an older log has only the pattern)
+    assert row_positions([{k: v for k, v in r.items() if k != "global_step"} for r in rows], STEPS) == positions
     steps = [(x, float(r["loss"])) for r, (x, end) in zip(rows, positions) if not end]
     ends = [(x, float(r["val_acc"])) for r, (x, end) in zip(rows, positions) if end]
     assert [(x, pytest.approx(v, abs=1e-5)) for x, v in scalars["train/loss"]] == steps
@@ -263,6 +266,42 @@ def test_a_resumed_run_keeps_the_best_validation_it_resumed_from(tmp_path, monke
 def test_row_positions_put_step_and_epoch_rows_on_one_axis():
     rows = [{"epoch": e, "step": s} for e, s in [(0, 2), (0, 3), (1, 3), (1, 1), (1, 3), (2, 3), (3, 3)]]
     assert row_positions(rows, 3) == [(2, False), (3, False), (3, True), (4, False), (6, False), (6, True), (9, True)]
+    # a log that begins mid-run (deleted, then the run resumed): its first row (6, 3) can end epoch 6
+    # or be epoch 6's last step row; the pattern guesses the step row, global_step tells
+    assert row_positions([{"epoch": 6, "step": 3}], 3) == [(21, False)]
+    assert row_positions([{"epoch": 6, "step": 3, "global_step": "18"}, {"epoch": 7, "step": 3, "global_step": "21"}],
+                         3) == [(18, True), (21, True)]
+    assert row_positions([{"epoch": 6, "step": 3, "global_step": "21"}], 3) == [(21, False)]
+
+
+def test_a_log_started_mid_run_puts_its_rows_at_their_steps(tmp_path):
+    """log.csv deleted, the run resumed at the end of epoch 6 with no step rows (log_every past the
+    epoch's 3 steps): the first row it writes ends epoch 7 and sits at step 21, not 24."""
+    from hr2g.runlog import RunLog
+
+    run = RunLog(tmp_path, 3, resume_at=18)
+    run.epoch_row(7, 1.0, 0.5, 1e-3, 3, 0, 1.0, float("nan"))
+    run.step_row(7, 3, 1.0, 0.5, 1e-3, 3, 0, 2.0)
+    run.epoch_row(8, 1.0, 0.5, 1e-3, 3, 0, 3.0, 0.4)
+    run.close()
+    assert row_positions(_read_log(tmp_path), 3) == [(21, True), (24, False), (24, True)]
+
+
+def test_resuming_an_older_log_adds_the_global_step_column(tmp_path):
+    """A log from before ``global_step``: the resume rewrites it with the column, so the rows it
+    appends line up with the header."""
+    from hr2g.runlog import COLUMNS, RunLog
+
+    old = ["epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc"]
+    old += [f"0,{s},1.0,0.5,0.001,3,0,1.0," for s in (1, 2, 3)] + ["1,3,1.0,0.5,0.001,3,0,1.5,0.4"]
+    (tmp_path / "log.csv").write_text("\n".join(old) + "\n")
+    run = RunLog(tmp_path, 3, resume_at=3)
+    run.step_row(1, 1, 1.0, 0.5, 1e-3, 3, 0, 2.0)
+    run.close()
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS)
+    assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["1", "2", "3", "3", "4"]
+    assert lines[1:5] == [f"{line},{g}" for line, g in zip(old[1:], (1, 2, 3, 3))], "the old rows' values kept as written"
 
 
 def test_resuming_drops_an_end_row_still_to_come_and_a_row_cut_short(tmp_path):
@@ -275,8 +314,8 @@ def test_resuming_drops_an_end_row_still_to_come_and_a_row_cut_short(tmp_path):
     def write(rows, tail=""):
         (tmp_path / "log.csv").write_text(",".join(COLUMNS) + "\n" + "".join(r + "\n" for r in rows) + tail)
 
-    step = [f"0,{s},1.0,0.5,0.001,3,0,1.0," for s in (1, 2, 3)]
-    end = "1,3,1.0,0.5,0.001,3,0,1.5,0.4"
+    step = [f"0,{s},1.0,0.5,0.001,3,0,1.0,,{s}" for s in (1, 2, 3)]
+    end = "1,3,1.0,0.5,0.001,3,0,1.5,0.4,3"
     for mid_epoch, kept in ((True, step), (False, step + [end])):
         write(step + [end], tail="1,1,1.")
         RunLog(tmp_path, 3, resume_at=3, mid_epoch=mid_epoch).close()

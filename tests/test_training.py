@@ -526,7 +526,7 @@ def test_a_validation_split_without_scorable_episodes_warns_and_training_goes_on
     ckpt = checkpoint.load(summary["last"])
     assert (ckpt["epoch"], ckpt["step"]) == (cfg.train.epochs, 0)
     rows = open(f"{cfg.train.out_dir}/log.csv").read().splitlines()
-    assert len(rows) == 1 + 2 * 4 and rows[4].split(",")[-1] == rows[8].split(",")[-1] == ""  # epoch rows: no val
+    assert len(rows) == 1 + 2 * 4 and rows[4].split(",")[8] == rows[8].split(",")[8] == ""  # epoch rows: no val_acc
     listed = json.loads(open(f"{cfg.train.out_dir}/unreadable_videos.json").read())
     assert summary["skipped_videos"] == len(listed) and any("/val/" in k for k in listed) and any("/test/" in k for k in listed)
 
