@@ -559,9 +559,6 @@ def test_tf32_follows_torch_old_and_new_precision_apis():
     """The kernel used TF32 for fp32 where torch.get_float32_matmul_precision() allowed it, but that
     getter raises once a process has used torch's new API (torch.backends.fp32_precision, set by
     any library): every CUDA call of the op then failed.  Run in a child: the settings are global."""
-    import subprocess
-    import sys
-
     def child(settings: str) -> str:
         code = f"import torch; from kernels.sample_attention import _torch_matmul_uses_tf32 as f; r = [f()]; {settings}; print(r)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
