@@ -179,3 +179,42 @@ def test_what_train_reports_in_one_line_ablate_does_too(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: table10/[\w-]+: data root .*nonexistent does not exist or is not a folder"):
         ablate.main(["--study", "table10", "--out", str(tmp_path / "abl"), "--dataset", "hmdb51", "--data-root",
                      str(tmp_path / "nonexistent")] + TINY)
+
+
+def test_a_row_reports_what_hr2g_evaluate_says_of_its_checkpoint(table4):
+    from hr2g import evaluate
+
+    out, rows = table4
+    row = rows[3]
+    got = evaluate.main(["--checkpoint", str(out / row["checkpoint"]), "--device", "cpu", "--no-progress",
+                         "--shots", "1", "--episodes", str(row["episodes"])])
+    assert (row["accuracy"], row["ci95"], row["episodes"]) == (got[0]["accuracy"], got[0]["ci95"], got[0]["episodes"])
+    assert 0.0 < row["ci95"] < row["accuracy"] < 100.0  # in percent, not fractions
+
+
+def test_rerun_retrains_and_reuses_only_what_this_run_trained(table4, tmp_path, monkeypatch):
+    """--rerun must not skip a result written before it, nor reuse one (table10's isc-ikt equals
+    table4's isc+ikt, whose stale result is still on disk); a result this run trained is reused."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(table4[0], out)
+    ablate.main(["--study", "table10", "--out", str(out)] + TINY)  # table10 results on disk too
+    calls = _count_trainings(monkeypatch)
+    t10 = ablate.main(["--study", "table10", "--out", str(out), "--rerun"] + TINY)
+    assert len(calls) == 2 and [r["reused_from"] for r in t10] == ["", ""]
+    calls.clear()
+    both = ablate.main(["--study", "table4", "table10", "--out", str(out), "--rerun"] + TINY)
+    assert len(calls) == 5 and both[4]["variant"] == "isc-ikt" and both[4]["reused_from"] == "table4/isc+ikt"
+
+
+def test_with_validation_a_row_takes_the_best_checkpoint_and_its_accuracy(tmp_path):
+    out = tmp_path / "val"
+    val = [a if a != "train.val_episodes=0" else "train.val_episodes=2" for a in TINY]
+    val += ["--set", "train.epochs=2"]
+    rows = ablate.main(["--study", "table10", "--out", str(out)] + val)
+    for r in rows:
+        run = out / "table10" / r["variant"] / "run"
+        assert r["checkpoint"] == str((run / "best.pt").relative_to(out))
+        vals = [float(x["val_acc"]) for x in csv.DictReader(open(run / "log.csv")) if x["val_acc"] not in ("", "nan")]
+        assert len(vals) == 2 and r["best_val"] == round(100 * max(vals), 2) and 0 < r["best_val"] <= 100

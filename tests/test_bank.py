@@ -596,9 +596,12 @@ def test_ext_opcheck(device):
     protos = torch.randn(5, 24, dtype=torch.float64, device=device, requires_grad=True)
     bank = torch.randn(17, 24, dtype=torch.float64, device=device)
     require_ext("bank_retrieve", protos, bank, 11, 4, 0.5)
-    for filled, topk in ((11, 4), (0, 4), (17, 17)):
+    for filled, topk in ((11, 4), (0, 4), (1, 1), (17, 17)):
         torch.library.opcheck(torch.ops.hr2g.bank_retrieve.default, (protos, bank, filled, topk, 0.5))
     torch.library.opcheck(torch.ops.hr2g.bank_retrieve.default, (protos.detach().float(), bank.float(), 9, 2, 1.0))
+    # half inputs: the weights come back in the fp32 accumulation dtype, and the fake must say so
+    for dtype in (torch.float16, torch.bfloat16):
+        torch.library.opcheck(torch.ops.hr2g.bank_retrieve.default, (protos.detach().to(dtype), bank.to(dtype), 9, 2, 1.0))
     _, index, weights = torch.ops.hr2g.bank_retrieve(protos.detach(), bank, 11, 4, 0.5)
     torch.library.opcheck(torch.ops.hr2g.bank_retrieve_backward.default,
                           (torch.randn_like(protos), protos.detach(), bank, index, weights, 0.5))

@@ -270,3 +270,21 @@ def test_lists_of_another_format_from_an_earlier_run_do_not_shadow_the_new_ones(
     (dest / "val_few_shot.txt").write_text("x")
     prepare.copy_lists([clip, trx], dest, "ssv2_small")
     assert (dest / "val_few_shot.txt").exists() and (dest / "test_few_shot.txt").exists() and (dest / "testlist03.txt").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--short-side", "-1", "--short-side must be >= 0, got -1"), ("--gop", "-2", "--gop must be >= 0, got -2"),
+    ("--max-frames", "-1", "--max-frames must be >= 0, got -1"),
+    ("--jpeg-quality", "0", "--jpeg-quality must be in [1, 95], got 0"),
+    ("--jpeg-quality", "96", "--jpeg-quality must be in [1, 95], got 96"),
+    ("--workers", "0", "--workers must be >= 1, got 0")])
+def test_out_of_range_options_are_refused_by_name(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as err:
+        prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("flag, value", [("--jpeg-quality", "1"), ("--jpeg-quality", "95"), ("--short-side", "0")])
+def test_the_edges_of_the_option_ranges_are_accepted(tmp_path, flag, value):
+    assert prepare.main(["--src", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress", flag, value]) == 1  # no videos
