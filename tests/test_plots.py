@@ -137,7 +137,9 @@ def test_heatmap_tsne_curves_and_sweep_figures(run, tmp_path):
 @needs_mpl
 @pytest.mark.parametrize("argv, message", [
     (["tsne", "--classes", "40"], "--classes 40: the test split has 32 classes"),
+    (["tsne", "--classes", "33"], "--classes 33: the test split has 32 classes"),
     (["heatmap", "--query", "9"], r"--query 9: the episode has 5 queries \(0..4\)"),
+    (["heatmap", "--query", "5"], r"--query 5: the episode has 5 queries \(0..4\)"),  # one past the last
     (["curves", "--run", "/nonexistent"], "--run: no training log at /nonexistent/log.csv"),
     (["curves", "--run", "HEADER_ONLY"], r"--run: .*log.csv has no rows yet"),
     (["sweep", "--table", "/nonexistent.json"], r"--table: /nonexistent.json does not exist"),
@@ -171,7 +173,7 @@ def test_read_log_takes_the_epoch_length_from_the_run_and_leaves_out_cut_rows(tm
         plots.read_log(tmp_path)
 
 
-def _view(tmp_path, **model):
+def _model_and_split(tmp_path, **model):
     import torch
 
     from hr2g.data.synthetic import SyntheticActions
@@ -180,8 +182,12 @@ def _view(tmp_path, **model):
     cfg = tiny_config(tmp_path, **model)
     torch.manual_seed(0)
     m = HR2G(cfg.model, cfg.data.frames)
-    test = SyntheticActions("test", videos_per_class=6, frames=4, image_size=32)
-    return plots.episode_view(m, test, cfg, episode=0, seed=0, n_way=3, k_shot=2, q_query=1)
+    return m, SyntheticActions("test", videos_per_class=6, frames=4, image_size=32), cfg
+
+
+def _view(tmp_path, k_shot=2, q_query=1, **model):
+    m, test, cfg = _model_and_split(tmp_path, **model)
+    return plots.episode_view(m, test, cfg, episode=0, seed=0, n_way=3, k_shot=k_shot, q_query=q_query)
 
 
 @needs_mpl
@@ -247,3 +253,142 @@ def test_perplexity_must_be_a_finite_number_above_one(capsys):
     with pytest.raises(SystemExit) as exc:
         plots.parse_args(["tsne", "--checkpoint", "x.pt", "--perplexity", "nan"])
     assert exc.value.code == 2 and "--perplexity expects a number > 1, got nan" in capsys.readouterr().err
+
+
+def _perplexities(p):
+    return np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1))
+
+
+def test_conditional_p_reaches_precisions_far_above_one():
+    """Points 1e-3 apart need a precision of about 1e5 for perplexity 5: the bisection's upper
+    bound must grow geometrically from 1 to get there within its 200 steps."""
+    xl = np.arange(30.0)[:, None] * 1e-3
+    p = plots._conditional_p((xl - xl.T) ** 2, 5.0)
+    assert np.abs(_perplexities(p) - 5.0).max() < 1e-3
+
+
+def test_tsne_caps_the_perplexity_and_reports_the_kl_of_symmetrised_affinities():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([c + rng.normal(size=(12, 10)) for c in 3 * rng.normal(size=(3, 10))])
+    # 10 points: perplexity 30 is impossible to calibrate and is taken as (10 - 1) / 3 = 3
+    capped, asked = plots.tsne(x[:10], perplexity=30, iters=60, seed=0), plots.tsne(x[:10], perplexity=3, iters=60, seed=0)
+    assert np.array_equal(capped[0], asked[0]) and capped[1] == asked[1]
+    y, kl = plots.tsne(x, perplexity=8, iters=600, seed=1)
+    # the documented objective, recomputed from the returned embedding: P = (P(j|i) + P(i|j)) / 2n
+    z = x - x.mean(0)
+    z = z / np.abs(z).max()
+    sq = (z * z).sum(1)
+    pc = plots._conditional_p(np.maximum(sq[:, None] + sq[None] - 2 * z @ z.T, 0), 8.0)
+    off = ~np.eye(len(x), dtype=bool)
+    p = np.maximum((pc + pc.T) / (2 * len(x)), 1e-12)[off]
+    sy = (y * y).sum(1)
+    num = (1 / (1 + np.maximum(sy[:, None] + sy[None] - 2 * y @ y.T, 0)))[off]
+    q = np.maximum(num / num.sum(), 1e-12)
+    # the last step moves y after KL's Q was taken: 1e-6 apart here, against 0.3% for P(j|i)/n
+    assert kl == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-4)
+    with pytest.raises(ValueError, match="needs at least 4 points, got 3"):
+        plots.tsne(x[:3])
+
+
+def test_read_log_keeps_each_column_in_its_array(tmp_path):
+    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    body = ["0,1,1.6,0.2,0.003,3,0,1.0,", "0,2,1.5,0.25,0.002,6,0,1.1,", "1,2,1.4,0.3,0.001,6,0,1.2,0.35"]
+    (tmp_path / "log.csv").write_text(head + "\n".join(body) + "\n")
+    (tmp_path / "config.json").write_text('{"train": {"episodes_per_epoch": 2}}')
+    d = plots.read_log(tmp_path)
+    assert d["step_loss"].tolist() == [1.6, 1.5] and d["step_acc"].tolist() == [0.2, 0.25]
+    assert d["step_lr"].tolist() == [0.003, 0.002]
+    assert (d["epoch_loss"].tolist(), d["epoch_acc"].tolist(), d["epoch_lr"].tolist()) == ([1.4], [0.3], [0.001])
+    assert d["val_acc"].tolist() == [0.35]
+
+
+def test_episode_view_labels_queries_in_the_samplers_order(tmp_path):
+    from hr2g.data.episodes import EpisodeSampler
+
+    view = _view(tmp_path, k_shot=1, q_query=2)
+    _, test, _ = _model_and_split(tmp_path)
+    spec = EpisodeSampler.for_dataset(test, 3, 1, 2, split="evaluation").fixed_at(0, 0)
+    local = {int(c): k for k, c in enumerate(spec.classes)}
+    assert view.query_labels.tolist() == [local[int(test.labels[i])] for i in spec.query]
+    assert view.support_what == "support" and view.probs.shape == (6, 3)
+
+
+@needs_mpl
+def test_heatmap_panels_show_each_classs_first_support_and_align_its_distance(tmp_path, monkeypatch):
+    view = _view(tmp_path)  # 3-way 2-shot: support rows 0, 2, 4 are the classes' first supports
+    seen = []
+    real = plots.otam_path
+    monkeypatch.setattr(plots, "otam_path", lambda d: seen.append(d.copy()) or real(d))
+    plots.plot_heatmap(view, 1, tmp_path / "h.png", "per video")
+    assert len(seen) == 3
+    for c, d in enumerate(seen):  # the path is the cheapest under the distance 1 - cosine similarity
+        np.testing.assert_array_equal(d, 1.0 - view.frame_sim[1, 2 * c])
+
+
+def test_sweep_rows_and_picture_suffixes_are_checked_exactly():
+    with pytest.raises(ValueError, match="not a grid point"):
+        plots.sweep_rows([{"n_way": 5, "k_shot": 1, "accuracy": True, "ci95": 0.1}])  # a bool is not a number
+    assert plots.sweep_rows([{"n_way": 5, "k_shot": 1, "accuracy": 61, "ci95": None}])[0]["accuracy"] == 61
+    if HAVE_MPL:
+        assert plots.figure_path("--out", "fig.PNG").name == "fig.PNG"  # the suffix's case does not matter
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["heatmap", "--query", "-1"], "--query expects an integer >= 0, got -1"),
+    (["heatmap", "--ways", "1"], "--ways expects an integer >= 2, got 1"),
+    (["tsne", "--perplexity", "1"], "--perplexity expects a number > 1, got 1.0"),
+    (["tsne", "--classes", "0"], "--classes expects an integer >= 1, got 0"),
+])
+def test_option_ranges_are_checked_at_their_boundaries(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        plots.parse_args(argv + ["--checkpoint", "x.pt"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    ok = {"-1": "0", "1": "2" if "--ways" in argv else "1.5", "0": "1"}
+    plots.parse_args([ok.get(a, a) for a in argv] + ["--checkpoint", "x.pt"])  # the boundary itself is accepted
+
+
+def test_video_features_average_the_chosen_stage_and_leave_out_unreadable_videos(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from hr2g import evaluation
+
+    m, test, cfg = _model_and_split(tmp_path)
+    real, asked = evaluation.encode_dataset, []
+
+    def one_unreadable(model, dataset, ids, device, amp):
+        asked.append(list(ids))
+        rows, feats, failed = real(model, dataset, ids[1:], device, amp)  # the first video fails to decode
+        return rows, feats, {dataset.key(ids[0]): "corrupt", **failed}
+
+    monkeypatch.setattr(evaluation, "encode_dataset", one_unreadable)
+    enc, labels, failed = plots.video_features(m, test, cfg, [0, 2], 3, "encoder", seed=0)
+    ids = asked[0]
+    assert len(ids) == 6 and len(failed) == 1 and enc.shape == (5, m.dim)
+    assert labels.tolist() == [int(test.labels[i]) for i in ids[1:]] and sorted(set(labels.tolist())) == [0, 2]
+    _, feats, _ = real(m, test, ids[1:], torch.device("cpu"), False)  # [5, T, C]
+    np.testing.assert_allclose(enc, feats.mean(1).numpy(), rtol=1e-5, atol=1e-6)  # mean over frames
+    temporal, _, _ = plots.video_features(m, test, cfg, [0, 2], 3, "temporal", seed=0)
+    with torch.no_grad():
+        want = m.temporal(feats).mean(1).numpy()
+    np.testing.assert_allclose(temporal, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(temporal, enc)
+
+
+@needs_mpl
+def test_tsne_defaults_to_every_class_of_a_small_split_and_refuses_too_many_points(run, tmp_path, monkeypatch):
+    from hr2g import inference
+    from hr2g.data.synthetic import SyntheticActions
+
+    _, summary = run
+
+    def five_classes(cfg, args, device=None):  # a custom test split with fewer classes than the default 10
+        ds = SyntheticActions("test", videos_per_class=4, frames=cfg.data.frames, image_size=cfg.data.image_size)
+        ds._classes, ds.class_names, ds.labels = ds._classes[:5], ds.class_names[:5], ds.labels[:20]
+        return ds
+
+    monkeypatch.setattr(inference, "dataset_from_args", five_classes)
+    base = ["tsne", "--checkpoint", summary["last"], "--device", "cpu", "--iters", "20"]
+    assert _png_size(plots.main(base + ["--per-class", "2", "--out", str(tmp_path / "t.png")]))[0] > 400
+    monkeypatch.setattr(plots, "MAX_TSNE_POINTS", 9)
+    with pytest.raises(SystemExit, match=r"--classes x --per-class gives 10 videos; exact t-SNE takes at most 9: lower"):
+        plots.main(base + ["--per-class", "2"])
