@@ -11,6 +11,7 @@ from hr2g.training import train
 from tests.helpers import tiny_config
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+LOG_HEADER = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"  # a pre-global_step log.csv
 needs_mpl = pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed (pip install matplotlib, or the plots extra)")
 
 
@@ -44,6 +45,10 @@ def test_otam_path_is_the_cheapest_monotone_path(la, lb):
         assert tuple(rows) == want_rows  # random distances: the optimum is unique
 
 
+def _perplexities(p):
+    return np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1))
+
+
 def test_tsne_calibrates_perplexity_and_keeps_clusters_apart():
     rng = np.random.default_rng(0)
     centers = 3 * rng.normal(size=(4, 40))
@@ -52,8 +57,7 @@ def test_tsne_calibrates_perplexity_and_keeps_clusters_apart():
     sq = (x * x).sum(1)
     p = plots._conditional_p(sq[:, None] + sq[None] - 2 * x @ x.T, 12.0)
     assert np.allclose(p.sum(1), 1) and np.all(np.diag(p) == 0)
-    entropy = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1)
-    assert np.abs(np.exp(entropy) - 12.0).max() < 1e-2  # every row's perplexity is the requested one
+    assert np.abs(_perplexities(p) - 12.0).max() < 1e-2  # every row's perplexity is the requested one
     y, kl = plots.tsne(x, perplexity=12, iters=400, seed=1)
     assert y.shape == (100, 2) and np.isfinite(y).all() and 0 < kl < 2
     d = ((y[:, None] - y[None]) ** 2).sum(-1)
@@ -72,7 +76,7 @@ def test_read_log_separates_step_rows_from_epoch_rows(run, tmp_path):
     assert np.isfinite(d["val_acc"]).all() and np.isfinite(d["step_loss"]).all()
     # log_every == steps per epoch: a step row and the epoch row share (epoch, step) values
     path = tmp_path / "log.csv"
-    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    head = LOG_HEADER
     body = ["0,4,1.6,0.2,0.001,3,0,1.0,", "1,4,1.6,0.2,0.001,12,0,1.1,0.30", "1,4,1.5,0.3,0.001,15,0,2.0,",
             "2,4,1.5,0.3,0.0001,24,0,2.1,"]
     path.write_text(head + "\n".join(body) + "\n")
@@ -148,7 +152,7 @@ def test_heatmap_tsne_curves_and_sweep_figures(run, tmp_path):
 def test_bad_arguments_name_the_flag(run, argv, message, tmp_path):
     _, summary = run
     if "HEADER_ONLY" in argv:
-        (tmp_path / "log.csv").write_text("epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n")
+        (tmp_path / "log.csv").write_text(LOG_HEADER)
         argv = [str(tmp_path) if a == "HEADER_ONLY" else a for a in argv]
     if argv[0] not in ("curves", "sweep"):
         argv = argv + ["--checkpoint", summary["last"], "--device", "cpu"]
@@ -161,7 +165,7 @@ def test_read_log_takes_the_epoch_length_from_the_run_and_leaves_out_cut_rows(tm
     length (the figure read "3 per epoch"); a crash can cut the last row short."""
     import json
 
-    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    head = LOG_HEADER
     rows = ["0,1,1.6,0.2,0.001,3,0,1.0,", "0,2,1.6,0.2,0.001,6,0,1.1,", "0,3,1.5,0.3,0.001,9,0,2.0,"]
     (tmp_path / "config.json").write_text(json.dumps({"train": {"episodes_per_epoch": 4}}))
     (tmp_path / "log.csv").write_text(head + "\n".join(rows + ["0,4,1.5"]) + "\n")
@@ -255,10 +259,6 @@ def test_perplexity_must_be_a_finite_number_above_one(capsys):
     assert exc.value.code == 2 and "--perplexity expects a number > 1, got nan" in capsys.readouterr().err
 
 
-def _perplexities(p):
-    return np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1))
-
-
 def test_conditional_p_reaches_precisions_far_above_one():
     """Points 1e-3 apart need a precision of about 1e5 for perplexity 5: the bisection's upper
     bound must grow geometrically from 1 to get there within its 200 steps."""
@@ -291,7 +291,7 @@ def test_tsne_caps_the_perplexity_and_reports_the_kl_of_symmetrised_affinities()
 
 
 def test_read_log_keeps_each_column_in_its_array(tmp_path):
-    head = "epoch,step,loss,acc,lr,bank_filled,skipped_videos,elapsed_s,val_acc\n"
+    head = LOG_HEADER
     body = ["0,1,1.6,0.2,0.003,3,0,1.0,", "0,2,1.5,0.25,0.002,6,0,1.1,", "1,2,1.4,0.3,0.001,6,0,1.2,0.35"]
     (tmp_path / "log.csv").write_text(head + "\n".join(body) + "\n")
     (tmp_path / "config.json").write_text('{"train": {"episodes_per_epoch": 2}}')
